@@ -1,0 +1,324 @@
+"""The validators every mmfuse module calls at its boundary.
+
+One place, one message style: the module, the argument, the expected layout and sizes, and what
+was received, e.g. ``AttentionFusion: expected `text` of shape (B, D) with D=768, got (8, 512).``
+
+The checks read only ``.shape``, ``.dtype`` and ``.device`` (never tensor values), so they cost
+nothing measurable and become guards under ``torch.compile`` instead of graph breaks. Under
+``torch.compile(fullgraph=True)`` a failing check surfaces as dynamo's ``Unsupported: Observed
+exception`` rather than as the error itself; plain ``torch.compile`` falls back to eager and
+raises the error below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
+
+import torch
+from torch import Tensor
+
+from .errors import ModalityError, ShapeError
+
+__all__ = [
+    "check_choice",
+    "check_dims",
+    "check_features",
+    "check_mask",
+    "check_positive",
+    "check_presence",
+    "check_same_device",
+    "check_tensor",
+    "format_shape",
+    "owner_name",
+    "presence_matrix",
+]
+
+
+def owner_name(owner: object) -> str:
+    """The name used in messages: a string as is, otherwise the class name."""
+    return owner if isinstance(owner, str) else type(owner).__name__
+
+
+def format_shape(shape: Iterable[int]) -> str:
+    """``(8, 512)``; a 1-tuple as ``(8,)``."""
+    dims = tuple(int(s) for s in shape)
+    return f"({dims[0]},)" if len(dims) == 1 else "(" + ", ".join(map(str, dims)) + ")"
+
+
+def _expected(layout: Sequence[str], sizes: Mapping[str, int]) -> str:
+    fixed = [f"{k}={v}" for k, v in sizes.items() if k in layout]
+    text = "(" + ", ".join(layout) + ")" if len(layout) != 1 else f"({layout[0]},)"
+    return text + (" with " + ", ".join(fixed) if fixed else "")
+
+
+def check_tensor(
+    x: object,
+    layout: str,
+    *,
+    owner: object,
+    arg: str,
+    floating: bool | None = True,
+    **sizes: int,
+) -> dict[str, int]:
+    """Check ``x`` is a tensor of the given layout and return its named sizes.
+
+    Args:
+        x: The value to check.
+        layout: Space-separated dimension names, e.g. ``"B N D"``.
+        owner: The module (or its name) for the message.
+        arg: The argument's name for the message.
+        floating: True requires a floating dtype, False requires ``torch.bool``, None accepts any.
+        **sizes: Sizes that must match, e.g. ``D=768, B=8``.
+
+    Raises:
+        TypeError: ``x`` is not a tensor, or has the wrong dtype kind.
+        ShapeError: wrong rank or a size that disagrees with ``sizes``.
+    """
+    names = layout.split()
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"{owner_name(owner)}: expected `{arg}` to be a tensor of shape "
+            f"{_expected(names, sizes)}, got {type(x).__name__}."
+        )
+    if floating is True and not x.is_floating_point():
+        raise TypeError(
+            f"{owner_name(owner)}: expected `{arg}` to be a floating-point tensor, got {x.dtype}."
+        )
+    if floating is False and x.dtype != torch.bool:
+        raise TypeError(
+            f"{owner_name(owner)}: expected `{arg}` to be a torch.bool tensor "
+            f"(True = keep/observed), got {x.dtype}."
+        )
+    if x.dim() != len(names):
+        raise ShapeError(
+            f"{owner_name(owner)}: expected `{arg}` of shape {_expected(names, sizes)}, "
+            f"got {format_shape(x.shape)}."
+        )
+    bound: dict[str, int] = {}
+    for name, size in zip(names, x.shape):
+        want = sizes.get(name, bound.get(name))
+        if want is not None and size != want:
+            raise ShapeError(
+                f"{owner_name(owner)}: expected `{arg}` of shape {_expected(names, sizes)}, "
+                f"got {format_shape(x.shape)}."
+            )
+        bound[name] = size
+    return bound
+
+
+def check_features(
+    features: object,
+    dims: Mapping[str, int],
+    *,
+    owner: object,
+    arg: str = "features",
+    layout: str = "B D",
+    allow_missing: bool = False,
+) -> int:
+    """Check a modality mapping against the declared ``dims`` and return the batch size B.
+
+    Each ``features[m]`` must be a floating tensor of ``layout`` whose last dimension is
+    ``dims[m]``; the first dimension (B) must agree across modalities and so must the devices.
+    Dimensions named between the first and last (e.g. N in ``"B N D"``) may differ per modality.
+
+    Args:
+        features: The mapping received.
+        dims: Declared size per modality, in the module's order.
+        owner: The module (or its name) for messages.
+        arg: The argument's name for messages.
+        layout: Space-separated layout of every tensor; first is the batch, last the features.
+        allow_missing: Whether declared modalities may be left out (they are then absent).
+
+    Raises:
+        TypeError: not a mapping, a value that is not a floating tensor.
+        ModalityError: unknown names, missing names (unless allowed), or an empty mapping.
+        ShapeError: wrong rank, wrong feature size, batch sizes that disagree.
+        ValueError: tensors on different devices.
+    """
+    name = owner_name(owner)
+    if not isinstance(features, Mapping):
+        raise TypeError(
+            f"{name}: expected `{arg}` to be a mapping from modality name to tensor, "
+            f"got {type(features).__name__}."
+        )
+    expected = list(dims)
+    unknown = [k for k in features if k not in dims]
+    if unknown:
+        raise ModalityError(
+            f"{name}: unknown modality {sorted(map(str, unknown))} in `{arg}`; "
+            f"expected names from {expected}, got {list(map(str, features))}."
+        )
+    missing = [k for k in expected if k not in features]
+    if missing and not allow_missing:
+        raise ModalityError(
+            f"{name}: missing modality {missing} in `{arg}`; expected {expected}, "
+            f"got {list(features)}."
+        )
+    if len(missing) == len(expected):
+        raise ModalityError(
+            f"{name}: `{arg}` holds no modality; expected at least one of {expected}, got none."
+        )
+    letters = layout.split()
+    batch_letter, feat_letter = letters[0], letters[-1]
+    batch: int | None = None
+    first: str | None = None
+    device: torch.device | None = None
+    for m in expected:
+        if m not in features:
+            continue
+        x = features[m]
+        fixed = {feat_letter: dims[m]}
+        if batch is not None:
+            fixed[batch_letter] = batch
+        try:
+            bound = check_tensor(x, layout, owner=owner, arg=f"{arg}[{m!r}]", **cast(Any, fixed))
+        except ShapeError:
+            if batch is not None and isinstance(x, Tensor) and x.dim() == len(letters) and (
+                x.shape[-1] == dims[m]
+            ):
+                raise ShapeError(
+                    f"{name}: batch sizes disagree in `{arg}`: expected `{arg}[{m!r}]` of shape "
+                    f"{_expected(letters, fixed)} like `{arg}[{first!r}]`, "
+                    f"got {format_shape(x.shape)}."
+                ) from None
+            raise
+        if batch is None:
+            batch, first, device = bound[batch_letter], m, x.device
+        elif x.device != device:
+            raise ValueError(
+                f"{name}: tensors of `{arg}` are on different devices: expected "
+                f"`{arg}[{m!r}]` on {device} like `{arg}[{first!r}]`, got {x.device}."
+            )
+    return cast(int, batch)  # set by the first present modality, and one is present
+
+
+def check_presence(
+    present: object,
+    dims: Mapping[str, int] | Sequence[str],
+    batch: int,
+    *,
+    owner: object,
+    arg: str = "present",
+    device: torch.device | None = None,
+) -> None:
+    """Check a presence mapping: each ``present[m]`` a (B,) bool tensor, True = observed."""
+    if present is None:
+        return
+    name = owner_name(owner)
+    if not isinstance(present, Mapping):
+        raise TypeError(
+            f"{name}: expected `{arg}` to be a mapping from modality name to a (B,) bool tensor, "
+            f"got {type(present).__name__}."
+        )
+    unknown = [k for k in present if k not in dims]
+    if unknown:
+        raise ModalityError(
+            f"{name}: unknown modality {sorted(map(str, unknown))} in `{arg}`; "
+            f"expected names from {list(dims)}, got {list(map(str, present))}."
+        )
+    for m, p in present.items():
+        check_tensor(p, "B", owner=owner, arg=f"{arg}[{m!r}]", floating=False, B=batch)
+        if device is not None and p.device != device:
+            raise ValueError(
+                f"{name}: expected `{arg}[{m!r}]` on {device} like the features, got {p.device}."
+            )
+
+
+def presence_matrix(
+    features: Mapping[str, Tensor],
+    present: Mapping[str, Tensor] | None,
+    names: Sequence[str],
+    batch: int,
+    device: torch.device,
+) -> Tensor:
+    """(B, M) bool, True where modality ``names[j]`` is observed for sample i.
+
+    A name missing from ``features`` is absent for the whole batch. Call after
+    :func:`check_features` and :func:`check_presence`.
+    """
+    cols = []
+    for m in names:
+        if m not in features:
+            cols.append(torch.zeros(batch, dtype=torch.bool, device=device))
+        elif present is not None and m in present:
+            cols.append(present[m])
+        else:
+            cols.append(torch.ones(batch, dtype=torch.bool, device=device))
+    return torch.stack(cols, dim=1)  # (B, M)
+
+
+def check_mask(
+    mask: object,
+    *,
+    owner: object,
+    arg: str,
+    layout: str = "B N",
+    device: torch.device | None = None,
+    **sizes: int,
+) -> dict[str, int] | None:
+    """Check a bool token mask (True = keep). ``None`` passes and returns None."""
+    if mask is None:
+        return None
+    bound = check_tensor(mask, layout, owner=owner, arg=arg, floating=False, **sizes)
+    if device is not None and isinstance(mask, Tensor) and mask.device != device:
+        raise ValueError(
+            f"{owner_name(owner)}: expected `{arg}` on {device} like the inputs, "
+            f"got {mask.device}."
+        )
+    return bound
+
+
+def check_same_device(tensors: Mapping[str, Tensor | None], *, owner: object) -> None:
+    """All given tensors on one device; the message names the first pair that disagrees."""
+    first: tuple[str, Tensor] | None = None
+    for arg, t in tensors.items():
+        if t is None:
+            continue
+        if first is None:
+            first = (arg, t)
+        elif t.device != first[1].device:
+            raise ValueError(
+                f"{owner_name(owner)}: expected `{arg}` on {first[1].device} like "
+                f"`{first[0]}`, got {t.device}."
+            )
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def check_dims(dims: object, *, owner: object, arg: str = "dims") -> dict[str, int]:
+    """Validate a constructor's ``dims`` mapping and return a plain ordered dict copy."""
+    name = owner_name(owner)
+    if not isinstance(dims, Mapping) or not dims:
+        raise TypeError(
+            f"{name}: expected `{arg}` to be a non-empty mapping from modality name to feature "
+            f"size, e.g. {{'image': 2048, 'text': 768}}, got {dims!r}."
+        )
+    out: dict[str, int] = {}
+    for m, d in dims.items():
+        if not isinstance(m, str) or not m:
+            raise TypeError(f"{name}: modality names in `{arg}` must be non-empty str, got {m!r}.")
+        if isinstance(d, bool) or not isinstance(d, int) or d <= 0:
+            raise ValueError(
+                f"{name}: expected `{arg}[{m!r}]` to be a positive int, got {d!r}."
+            )
+        out[m] = int(d)
+    return out
+
+
+def check_positive(value: Any, *, owner: object, arg: str, allow_zero: bool = False) -> None:
+    """A positive (or non-negative) number; bools rejected."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        want = "a non-negative" if allow_zero else "a positive"
+        raise ValueError(f"{owner_name(owner)}: expected `{arg}` to be {want} number, got {value!r}.")
+
+
+def check_choice(value: Any, choices: Iterable[Any], *, owner: object, arg: str) -> None:
+    """``value`` must be one of ``choices``; the message lists them."""
+    options = list(choices)
+    if value not in options:
+        raise ValueError(
+            f"{owner_name(owner)}: unknown `{arg}` {value!r}; expected one of {options}."
+        )
