@@ -1,0 +1,210 @@
+"""Audio features in plain torch: mel filterbanks, spectrograms, log-mel and MFCC.
+
+No librosa or torchaudio needed. Layouts follow torchaudio's conventions so users can switch:
+``mel_filterbank`` returns (n_freqs, n_mels) and spectrograms are (..., F, frames).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .._checks import check_choice, check_positive, format_shape
+from ..errors import ShapeError
+
+__all__ = [
+    "dct_matrix",
+    "hz_to_mel",
+    "log_mel_spectrogram",
+    "mel_filterbank",
+    "mel_to_hz",
+    "mfcc",
+    "spectrogram",
+]
+
+
+def hz_to_mel(freq: Tensor | float, mel_scale: str = "htk") -> Tensor:
+    """Frequency in Hz to mels (``"htk"``: 2595 log10(1 + f/700); ``"slaney"``: linear below
+    1 kHz, logarithmic above, as in the Auditory Toolbox)."""
+    f = torch.as_tensor(freq, dtype=torch.float64)
+    if mel_scale == "htk":
+        return 2595.0 * torch.log10(1.0 + f / 700.0)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+    return torch.where(f >= min_log_hz, min_log_mel + torch.log(f / min_log_hz) / logstep, f / f_sp)
+
+
+def mel_to_hz(mel: Tensor | float, mel_scale: str = "htk") -> Tensor:
+    """Inverse of :func:`hz_to_mel`."""
+    m = torch.as_tensor(mel, dtype=torch.float64)
+    if mel_scale == "htk":
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+    return torch.where(m >= min_log_mel, min_log_hz * torch.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+def mel_filterbank(
+    n_freqs: int,
+    n_mels: int,
+    sample_rate: int,
+    f_min: float = 0.0,
+    f_max: float | None = None,
+    *,
+    mel_scale: str = "htk",
+    norm: str | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Triangular mel filters on the STFT bins ``0 .. sample_rate/2``.
+
+    Args:
+        n_freqs: Number of STFT bins, ``n_fft // 2 + 1``.
+        n_mels: Number of mel bands.
+        sample_rate: Sampling rate in Hz.
+        f_min, f_max: Band edges in Hz (``f_max`` defaults to Nyquist).
+        mel_scale: ``"htk"`` or ``"slaney"``.
+        norm: None, or ``"slaney"`` to divide each triangle by its width (constant energy).
+
+    Returns:
+        (n_freqs, n_mels) weights; ``spec.transpose(-1, -2) @ fb`` maps (..., F, S) to mels.
+    """
+    owner = "mel_filterbank"
+    for name, value in (("n_freqs", n_freqs), ("n_mels", n_mels), ("sample_rate", sample_rate)):
+        check_positive(value, owner=owner, arg=name)
+    check_choice(mel_scale, ("htk", "slaney"), owner=owner, arg="mel_scale")
+    check_choice(norm, (None, "slaney"), owner=owner, arg="norm")
+    f_max = sample_rate / 2 if f_max is None else f_max
+    if not 0 <= f_min < f_max <= sample_rate / 2:
+        raise ValueError(
+            f"{owner}: expected 0 <= f_min < f_max <= sample_rate/2={sample_rate / 2}, "
+            f"got f_min={f_min}, f_max={f_max}."
+        )
+    all_freqs = torch.linspace(0, sample_rate / 2, n_freqs, dtype=torch.float64)
+    m_pts = torch.linspace(
+        float(hz_to_mel(f_min, mel_scale)), float(hz_to_mel(f_max, mel_scale)), n_mels + 2,
+        dtype=torch.float64,
+    )
+    f_pts = mel_to_hz(m_pts, mel_scale)  # (n_mels + 2,)
+    f_diff = f_pts[1:] - f_pts[:-1]  # (n_mels + 1,)
+    slopes = f_pts[None, :] - all_freqs[:, None]  # (n_freqs, n_mels + 2)
+    down = -slopes[:, :-2] / f_diff[:-1]
+    up = slopes[:, 2:] / f_diff[1:]
+    fb = torch.clamp(torch.minimum(down, up), min=0.0)  # (n_freqs, n_mels)
+    if norm == "slaney":
+        fb = fb * (2.0 / (f_pts[2:] - f_pts[:-2]))[None, :]
+    return fb.to(device=device, dtype=dtype or torch.get_default_dtype())
+
+
+def _check_waveform(waveform: object, owner: str) -> Tensor:
+    if not isinstance(waveform, Tensor):
+        raise TypeError(f"{owner}: expected `waveform` to be a tensor (..., S), got {type(waveform).__name__}.")
+    if not waveform.is_floating_point():
+        raise TypeError(f"{owner}: expected `waveform` to be a floating-point tensor, got {waveform.dtype}.")
+    if waveform.dim() < 1 or waveform.shape[-1] == 0:
+        raise ShapeError(
+            f"{owner}: expected `waveform` of shape (..., S) with S >= 1, got {format_shape(waveform.shape)}."
+        )
+    return waveform
+
+
+def spectrogram(
+    waveform: Tensor,
+    n_fft: int = 400,
+    hop_length: int | None = None,
+    win_length: int | None = None,
+    *,
+    power: float = 2.0,
+    center: bool = True,
+) -> Tensor:
+    """Magnitude (``power=1``) or power (``power=2``) spectrogram with a periodic Hann window.
+
+    Shape:
+        - waveform: (..., S)
+        - output: (..., n_fft // 2 + 1, frames), frames = 1 + S // hop when ``center``
+    """
+    owner = "spectrogram"
+    _check_waveform(waveform, owner)
+    check_positive(n_fft, owner=owner, arg="n_fft")
+    hop = hop_length or n_fft // 4
+    win = win_length or n_fft
+    lead = waveform.shape[:-1]
+    x = waveform.reshape(-1, waveform.shape[-1])  # (N, S)
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    window = torch.hann_window(win, periodic=True, dtype=work.dtype, device=work.device)
+    spec = torch.stft(work, n_fft, hop, win, window, center=center, pad_mode="reflect"
+                      if center and x.shape[-1] > n_fft // 2 else "constant",
+                      return_complex=True)  # (N, F, frames)
+    mag = spec.abs()
+    out = mag if power == 1.0 else mag.pow(power)
+    return out.reshape(*lead, *out.shape[-2:]).to(waveform.dtype)
+
+
+def log_mel_spectrogram(
+    waveform: Tensor,
+    sample_rate: int,
+    *,
+    n_fft: int = 400,
+    hop_length: int | None = None,
+    n_mels: int = 64,
+    f_min: float = 0.0,
+    f_max: float | None = None,
+    eps: float = 1e-10,
+    mel_scale: str = "htk",
+    filterbank: Tensor | None = None,
+) -> Tensor:
+    """``log(mel power + eps)``: the usual audio input of the encoders.
+
+    Args:
+        filterbank: A precomputed (n_fft//2+1, n_mels) :func:`mel_filterbank` (modules keep it
+            as a buffer); built here when None.
+
+    Shape:
+        - waveform: (..., S)
+        - output: (..., n_mels, frames)
+    """
+    power = spectrogram(waveform, n_fft, hop_length, power=2.0)  # (..., F, frames)
+    if filterbank is None:
+        filterbank = mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate, f_min, f_max,
+                                    mel_scale=mel_scale, device=power.device, dtype=power.dtype)
+    mel = torch.matmul(power.transpose(-1, -2), filterbank.to(power.dtype)).transpose(-1, -2)
+    return torch.log(mel + eps)  # (..., n_mels, frames)
+
+
+def dct_matrix(n_out: int, n_in: int, *, dtype: torch.dtype | None = None,
+               device: torch.device | str | None = None) -> Tensor:
+    """Orthonormal DCT-II as an (n_in, n_out) matrix: ``x @ D`` transforms the last dim."""
+    n = torch.arange(n_in, dtype=torch.float64)
+    k = torch.arange(n_out, dtype=torch.float64)
+    d = torch.cos(math.pi / n_in * (n[:, None] + 0.5) * k[None, :])  # (n_in, n_out)
+    d[:, 0] *= 1.0 / math.sqrt(2.0)
+    d *= math.sqrt(2.0 / n_in)
+    return d.to(device=device, dtype=dtype or torch.get_default_dtype())
+
+
+def mfcc(
+    waveform: Tensor,
+    sample_rate: int,
+    *,
+    n_mfcc: int = 13,
+    n_mels: int = 40,
+    n_fft: int = 400,
+    hop_length: int | None = None,
+    f_min: float = 0.0,
+    f_max: float | None = None,
+    eps: float = 1e-10,
+) -> Tensor:
+    """Mel-frequency cepstral coefficients: orthonormal DCT-II over log-mel bands.
+
+    Shape:
+        - waveform: (..., S)
+        - output: (..., n_mfcc, frames)
+    """
+    if n_mfcc > n_mels:
+        raise ValueError(f"mfcc: expected `n_mfcc` <= n_mels={n_mels}, got {n_mfcc}.")
+    logmel = log_mel_spectrogram(waveform, sample_rate, n_fft=n_fft, hop_length=hop_length,
+                                 n_mels=n_mels, f_min=f_min, f_max=f_max, eps=eps)
+    d = dct_matrix(n_mfcc, n_mels, dtype=logmel.dtype, device=logmel.device)
+    return torch.matmul(logmel.transpose(-1, -2), d).transpose(-1, -2)
