@@ -2,6 +2,31 @@
 
 from __future__ import annotations
 
+from .cross_attention import masked_cross_attention, masked_mean
+from .feature_fusion import (
+    attention_fusion,
+    bilinear_pool,
+    film,
+    gated_fusion,
+    low_rank_tensor_fusion,
+    masked_softmax,
+    signed_sqrt,
+    tensor_fusion,
+)
 from .fusion import fill_absent
+from .modality_dropout import modality_dropout
 
-__all__ = ["fill_absent"]
+__all__ = [
+    "attention_fusion",
+    "bilinear_pool",
+    "fill_absent",
+    "film",
+    "gated_fusion",
+    "low_rank_tensor_fusion",
+    "masked_cross_attention",
+    "masked_mean",
+    "masked_softmax",
+    "modality_dropout",
+    "signed_sqrt",
+    "tensor_fusion",
+]
