@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 from torch import Tensor
 
 from .._checks import check_features, check_presence, presence_matrix
@@ -47,6 +46,3 @@ def zero_filled(
             out.append(ref.new_zeros(batch, d))
     return out
 
-
-def module_dd(device: torch.device | str | None, dtype: torch.dtype | None) -> dict[str, object]:
-    return {"device": device, "dtype": dtype}

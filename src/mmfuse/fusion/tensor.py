@@ -27,7 +27,7 @@ class TensorFusion(nn.Module):
 
     Missing modalities: an absent modality enters as ``[1, 0, ..., 0]``, so only the terms that
     do not involve it remain (its values are never read). A sample with nothing present gives
-    the linear map's bias.
+    the constant term, ``linear.weight[:, 0] + linear.bias`` (learned, finite).
 
     Args:
         dims: Feature size per modality, e.g. ``{"image": 32, "text": 16}``.
