@@ -19,8 +19,9 @@ def masked_cross_attention(
     """Scaled dot-product attention of queries over the kept keys, safe for empty key sets.
 
     A sample whose keys are all masked would get a softmax over nothing (NaN from
-    ``scaled_dot_product_attention``); its output is zero instead, and its masked keys' values
-    reach neither the output nor the gradient.
+    ``scaled_dot_product_attention`` on some backends and versions); its output is zero
+    instead, on every backend, and its masked keys' values reach neither the output nor the
+    gradient.
 
     Shape:
         - query: (B, H, Nq, d); key, value: (B, H, Nk, d); key_mask: (B, Nk) bool, True = keep
