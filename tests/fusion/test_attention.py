@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmfuse import ShapeError
-from mmfuse.fusion import AttentionFusion, AttentionFusionOutput
 from mmfuse.functional import masked_softmax
+from mmfuse.fusion import AttentionFusion, AttentionFusionOutput
 
 DIMS = {"image": 5, "text": 3, "audio": 4}
 

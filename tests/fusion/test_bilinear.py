@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmfuse.fusion import BilinearFusion
 from mmfuse.functional import bilinear_pool, signed_sqrt
+from mmfuse.fusion import BilinearFusion
 
 DIMS = {"image": 5, "text": 3, "audio": 4}
 

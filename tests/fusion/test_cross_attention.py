@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmfuse import ShapeError
-from mmfuse.fusion import CrossAttentionFusion, CrossAttentionFusionOutput
 from mmfuse.functional import masked_cross_attention, masked_mean
+from mmfuse.fusion import CrossAttentionFusion, CrossAttentionFusionOutput
 
 DIMS = {"video": 5, "text": 3, "audio": 4}
 LENGTHS = {"video": 4, "text": 3, "audio": 2}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmfuse.fusion import FiLMFusion
 from mmfuse.functional import film
+from mmfuse.fusion import FiLMFusion
 
 DIMS = {"image": 5, "text": 3, "audio": 4}
 

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmfuse.fusion import TensorFusion
 from mmfuse.functional import tensor_fusion
+from mmfuse.fusion import TensorFusion
 
 DIMS = {"image": 3, "text": 2, "audio": 4}
 
