@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .concat import ConcatFusion
+from .decision_level import DecisionFusion
 
-__all__ = ["ConcatFusion"]
+__all__ = ["ConcatFusion", "DecisionFusion"]
