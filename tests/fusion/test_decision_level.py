@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mmfuse import ModalityError, ShapeError
-from mmfuse.fusion import DecisionFusion
 from mmfuse.functional.decision import decision_fusion
+from mmfuse.fusion import DecisionFusion
 
 STRATEGIES = ["weighted", "product", "soft_vote", "hard_vote", "max"]
 

@@ -90,6 +90,9 @@ class DecisionFusion(nn.Module):
         tensor([0])
     """
 
+    fixed_weights: Tensor
+    fixed_log_temperature: Tensor
+
     def __init__(
         self,
         modalities: Sequence[str],
