@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .concat import ConcatFusion
+from .data_level import DataLevelFusion
 from .decision_level import DecisionFusion
 
-__all__ = ["ConcatFusion", "DecisionFusion"]
+__all__ = ["ConcatFusion", "DataLevelFusion", "DecisionFusion"]

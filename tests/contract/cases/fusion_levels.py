@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from mmfuse.fusion import DecisionFusion
+from mmfuse import ShapeError
+from mmfuse.fusion import DataLevelFusion, DecisionFusion
 
-from ..registry import ContractCase, register
+from ..registry import BadInput, ContractCase, register
 
 NAMES = ["text", "audio", "image"]
 C = 4
@@ -50,5 +51,70 @@ for _name, _kw in _DECISION.items():
         features_arg="predictions",
         feature_layout="B C",
         presence_arg="present",
+        empty_batch="empty",
+    ))
+
+
+# ----------------------------------------------------------------------------- DataLevelFusion
+# Times are multiples of 1/8 s so that they are exact in bfloat16 too.
+T, S, CH, FB, H, W = 4, 9, 3, 5, 3, 2
+
+
+def data_level_inputs(batch: int, gen: torch.Generator) -> dict:
+    offset = torch.randint(0, 3, (batch, 1), generator=gen) * 0.125
+    return {
+        "frames": torch.randn(batch, T, CH, H, W, generator=gen),
+        "frame_times": torch.arange(T) * 0.25 + offset,  # (B, T)
+        "spectrogram": torch.randn(batch, FB, S, generator=gen),
+        "spectrogram_times": (torch.arange(S) * 0.125).expand(batch, S).clone(),  # (B, S)
+    }
+
+
+def data_level_bad_inputs(kwargs: dict) -> list[BadInput]:
+    fr, st = kwargs["frames"], kwargs["spectrogram_times"]
+    ft = kwargs["frame_times"]
+    return [
+        BadInput("frames wrong channels", {**kwargs, "frames": torch.cat([fr, fr[:, :, :1]], 2)},
+                 ShapeError, "frames"),
+        BadInput("frames wrong rank", {**kwargs, "frames": fr[:, 0]}, ShapeError, "frames"),
+        BadInput("spectrogram batch mismatch",
+                 {**kwargs, "spectrogram": torch.cat([kwargs["spectrogram"]] * 2)}, ShapeError,
+                 "spectrogram"),
+        BadInput("frame_times length", {**kwargs, "frame_times": ft[:, :-1]}, ShapeError,
+                 "frame_times"),
+        BadInput("spectrogram_times integer", {**kwargs, "spectrogram_times": st.long()},
+                 TypeError, "spectrogram_times"),
+        BadInput("unsorted frame_times", {**kwargs, "frame_times": ft.flip(-1)}, ValueError,
+                 "frame_times"),
+        BadInput("no overlap", {**kwargs, "frame_times": ft + 100.0}, ValueError,
+                 "spectrogram_times"),
+    ]
+
+
+# Only the "project" mode has parameters, which the suite's gradient check needs; "broadcast" and
+# "resize" (parameter-free) get the same checks in tests/fusion/test_data_level.py.
+_DATA = {
+    "nearest-project": (dict(audio="project", audio_channels=2), CH + 2, "b t c h w"),
+    "linear-project-bhwct": (dict(align="linear", audio="project", audio_channels=2,
+                                  layout="b h w c t"), CH + 2, "b h w c t"),
+}
+
+
+def _data_shape(c: int, layout: str):
+    def shape(b: int) -> tuple[int, ...]:
+        sizes = {"b": b, "t": T, "c": c, "h": H, "w": W}
+        return tuple(sizes[a] for a in layout.split())
+
+    return shape
+
+
+for _name, (_kw, _c, _layout) in _DATA.items():
+    register(ContractCase(
+        id=f"DataLevelFusion-{_name}",
+        build=lambda _kw=_kw, **dd: DataLevelFusion(CH, FB, **_kw, **dd),
+        inputs=data_level_inputs,
+        out_shape=_data_shape(_c, _layout),
+        tensor_args=["spectrogram"],
+        bad_inputs=data_level_bad_inputs,
         empty_batch="empty",
     ))
