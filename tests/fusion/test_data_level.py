@@ -17,7 +17,7 @@ from mmfuse.fusion import DataLevelFusion
 def _naive_align(spec: torch.Tensor, s_times: torch.Tensor, f_times: torch.Tensor,
                  mode: str) -> torch.Tensor:
     """(B, T, F) by loops: nearest step (earlier on a tie) or numpy's linear interpolation."""
-    b, f, s = spec.shape
+    b, f, _ = spec.shape
     t = f_times.shape[1]
     out = torch.empty(b, t, f, dtype=torch.float64)
     for i in range(b):
