@@ -25,7 +25,8 @@ class AudioEncoder(nn.Module):
     clips of one length: pad or crop them before.
 
     ``forward`` gives one vector per clip (the mean of the tokens); :meth:`forward_tokens` one
-    token per time step of the final grid, (B, N, D).
+    token per time step of the final grid, (B, N, D): the CNN's channels of every remaining mel
+    band at that step, projected to D.
 
     Args:
         out_dim: Feature size D.
@@ -80,7 +81,11 @@ class AudioEncoder(nn.Module):
             ConvBlock(1 if i == 0 else width, width, 1 if i == 0 else 2, **dd)
             for i in range(depth)
         ])
-        self.proj = nn.Linear(width, out_dim, **dd)
+        bands = n_mels
+        for _ in range(depth - 1):
+            bands = (bands + 1) // 2  # each stride-2 block: ceil(F / 2)
+        self.bands = bands
+        self.proj = nn.Linear(width * bands, out_dim, **dd)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -122,7 +127,8 @@ class AudioEncoder(nn.Module):
             std = centred.square().mean(dim=(1, 2), keepdim=True).sqrt()
             x = (centred / (std + 1e-5)).to(x.dtype)
         grid = self.blocks(x[:, None])  # (B, width, F', S')
-        return self.proj(grid.mean(dim=2).transpose(1, 2))  # (B, S', D)
+        frames = grid.flatten(1, 2).transpose(1, 2)  # (B, S', width * F'): bands kept apart
+        return self.proj(frames)  # (B, S', D)
 
     def forward(self, audio: Tensor) -> Tensor:
         return self.forward_tokens(audio).mean(dim=1)  # (B, D)
