@@ -6,6 +6,8 @@ from .attention import AttentionFusion, AttentionFusionOutput
 from .bilinear import BilinearFusion
 from .concat import ConcatFusion
 from .cross_attention import CrossAttentionFusion, CrossAttentionFusionOutput
+from .data_level import DataLevelFusion
+from .decision_level import DecisionFusion
 from .film import FiLMFusion
 from .gated import GatedFusion
 from .low_rank_tensor import LowRankTensorFusion
@@ -19,6 +21,8 @@ __all__ = [
     "ConcatFusion",
     "CrossAttentionFusion",
     "CrossAttentionFusionOutput",
+    "DataLevelFusion",
+    "DecisionFusion",
     "FiLMFusion",
     "GatedFusion",
     "LowRankTensorFusion",
