@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .contrastive import info_nce, siglip_loss
 from .fusion import fill_absent
 
-__all__ = ["fill_absent"]
+__all__ = ["fill_absent", "info_nce", "siglip_loss"]
