@@ -234,8 +234,10 @@ class _TiledInfoNCE(torch.autograd.Function):
         n_q, n_k = qh.shape[0], kh.shape[0]
         dev = qh.device
         diag = pairs.kind == "diag"
-        neg_r = qh.new_full((n_q,), _NEG_INF)
-        neg_c = qh.new_full((n_k,), _NEG_INF)
+        # float64 accumulators: a float32 running log-sum-exp rounds at every tile, and the
+        # gradient of the scale (a sum with heavy cancellation) would inherit that error
+        neg_r = qh.new_full((n_q,), _NEG_INF, dtype=torch.float64)
+        neg_c = qh.new_full((n_k,), _NEG_INF, dtype=torch.float64)
         # pass 1: log-sum-exp over the negatives, rows and columns at once
         for i0, i1 in _tiles(n_q, tile):
             qs = qh[i0:i1] * s  # (t, D)
@@ -254,9 +256,11 @@ class _TiledInfoNCE(torch.autograd.Function):
                     neg = ~pos if valid is None else ~pos & valid
                     lt.masked_fill_(~neg, _NEG_INF)
                 if rows:
-                    neg_r[i0:i1] = torch.logaddexp(neg_r[i0:i1], torch.logsumexp(lt, 1))
+                    neg_r[i0:i1] = torch.logaddexp(neg_r[i0:i1], _tile_lse64(lt, 1))
                 if cols:
-                    neg_c[j0:j1] = torch.logaddexp(neg_c[j0:j1], torch.logsumexp(lt, 0))
+                    neg_c[j0:j1] = torch.logaddexp(neg_c[j0:j1], _tile_lse64(lt, 0))
+        neg64 = (neg_r, neg_c)
+        neg_r, neg_c = neg_r.to(ct), neg_c.to(ct)
         # pass 2: the positive pairs' terms
         stats_r = stats_c = None
         if diag:
@@ -267,8 +271,8 @@ class _TiledInfoNCE(torch.autograd.Function):
                 ok = ok & vq[ri]
             if vk is not None:
                 ok = ok & vk[ci]
-            stats_r = _diag_stats(lp, ok, ri, neg_r, n_q)
-            stats_c = _diag_stats(lp, ok, ci, neg_c, n_k)
+            stats_r = _diag_stats(lp, ok, ri, neg64[0], n_q)
+            stats_c = _diag_stats(lp, ok, ci, neg64[1], n_k)
         else:
             stats_r, stats_c = _pos_pass(qh, kh, s, pairs, vq, vk, neg_r, neg_c, tile, eps)
         out_r = _finish(stats_r, neg_r, qh, kh, s, vk, eps) if rows else None
@@ -276,6 +280,7 @@ class _TiledInfoNCE(torch.autograd.Function):
         ctx.save_for_backward(q, k, scale)
         ctx.cfg = cfg
         ctx.ct = ct
+        ctx.neg64 = neg64
         ctx.stats = (stats_r, stats_c, neg_r, neg_c,
                      None if out_r is None else (None, *out_r[1:]),
                      None if out_c is None else (None, *out_c[1:]))
@@ -304,8 +309,12 @@ class _TiledInfoNCE(torch.autograd.Function):
             else None
         cc = _coefficients(g_c.to(ct), stats_c, out_c, neg_c, eps, vq) if out_c is not None \
             else None
-        h_r, safe_r = (cr["h"], _neg_inf_safe(neg_r)) if cr else (zq, zq)
-        h_c, safe_c = (cc["h"], _neg_inf_safe(neg_c)) if cc else (zk, zk)
+        # exp(L - N) is taken against N rounded to the compute dtype; the rounding is undone
+        # per anchor through the coefficient (the float64 N is the exact one)
+        h_r, safe_r = (cr["h"] * _rounding(neg_r, ctx.neg64[0]), _neg_inf_safe(neg_r)) if cr \
+            else (zq, zq)
+        h_c, safe_c = (cc["h"] * _rounding(neg_c, ctx.neg64[1]), _neg_inf_safe(neg_c)) if cc \
+            else (zk, zk)
         dq = torch.zeros_like(qh)  # gradient w.r.t. qh, without the scale
         dk = torch.zeros_like(kh)  # gradient w.r.t. kh, scale included
         for i0, i1 in _tiles(n_q, tile):
@@ -368,9 +377,25 @@ class _TiledInfoNCE(torch.autograd.Function):
         return grad_q, grad_k, grad_scale, None
 
 
-def _diag_stats(lp: Tensor, ok: Tensor, idx: Tensor, neg: Tensor, n: int) -> dict[str, Tensor]:
+def _tile_lse64(lt: Tensor, dim: int) -> Tensor:
+    """A tile's log-sum-exp along ``dim`` in float64, without rounding at the logits' magnitude
+    (the max is exact, the sum of exponentials has a relative error only)."""
+    m = lt.amax(dim)
+    m = m.where(m > _NEG_INF, 0.0)
+    total = torch.exp(lt - m.unsqueeze(dim)).sum(dim)
+    return m.double() + total.double().log()
+
+
+def _rounding(n: Tensor, n64: Tensor) -> Tensor:
+    """``exp(n - n64)``: corrects ``exp(L - n)`` to ``exp(L - n64)``; 1 where n64 is -inf."""
+    corr = torch.exp(n.double() - n64).to(n.dtype)
+    return corr.where(n64 > _NEG_INF, 1.0)
+
+
+def _diag_stats(lp: Tensor, ok: Tensor, idx: Tensor, neg64: Tensor, n: int
+                ) -> dict[str, Tensor]:
     """Per-anchor sums over the positives when each anchor has at most one (the diagonal)."""
-    d = neg[idx] - lp
+    d = (neg64[idx] - lp.double()).to(lp.dtype)
     zero = lp.new_zeros(n)
     return {
         "count": zero.index_add(0, idx, ok.to(lp.dtype)),
