@@ -87,12 +87,12 @@ class _LargestTensor(TorchDispatchMode):
 
 
 def test_never_holds_the_full_similarity_matrix():
-    n = 2100  # 4.4M similarities; the default chunk holds about 2M
+    n = 2400  # 5.8M similarities; the default chunk holds about 2M
     q, gal = torch.randn(n, 4), torch.randn(n, 4)
     with _LargestTensor() as mode:
         retrieval_metrics(q, gal)
     assert mode.largest <= (1 << 21) + n
-    assert mode.largest < n * n // 4
+    assert mode.largest < n * n // 2
 
 
 def test_stateful_metric_equals_one_call_and_resets():
