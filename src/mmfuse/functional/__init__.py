@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .audio import dct_matrix, log_mel_spectrogram, mel_filterbank, mfcc, spectrogram
+from .contrastive import info_nce, siglip_loss
 from .cross_attention import masked_cross_attention, masked_mean
 from .feature_fusion import (
     attention_fusion,
@@ -36,3 +37,4 @@ __all__ = [
     "spectrogram",
     "tensor_fusion",
 ]
+__all__ = ["fill_absent", "info_nce", "siglip_loss"]
