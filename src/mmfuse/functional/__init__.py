@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
-from .audio import dct_matrix, log_mel_spectrogram, mel_filterbank, mfcc, spectrogram
-from .contrastive import info_nce, siglip_loss
+from .audio import (
+    dct_matrix,
+    hz_to_mel,
+    log_mel_spectrogram,
+    mel_filterbank,
+    mel_to_hz,
+    mfcc,
+    spectrogram,
+)
+from .contrastive import DEFAULT_TILE, NORM_EPS, InfoNCETerms, info_nce, info_nce_terms, siglip_loss
 from .cross_attention import masked_cross_attention, masked_mean
+from .data_level import (
+    ALIGN_MODES,
+    GRID_MODES,
+    align_to_times,
+    spectrogram_to_grid,
+    time_order_violations,
+    time_overlap,
+)
+from .decision import (
+    DECISION_STRATEGIES,
+    decision_fusion,
+    hard_vote,
+    max_fusion,
+    product_of_experts,
+    soft_vote,
+    weighted_mean,
+)
 from .feature_fusion import (
     attention_fusion,
     bilinear_pool,
@@ -19,22 +44,42 @@ from .fusion import fill_absent
 from .modality_dropout import modality_dropout
 
 __all__ = [
+    "ALIGN_MODES",
+    "DECISION_STRATEGIES",
+    "DEFAULT_TILE",
+    "GRID_MODES",
+    "NORM_EPS",
+    "InfoNCETerms",
+    "align_to_times",
     "attention_fusion",
     "bilinear_pool",
     "dct_matrix",
+    "decision_fusion",
     "fill_absent",
     "film",
     "gated_fusion",
+    "hard_vote",
+    "hz_to_mel",
+    "info_nce",
+    "info_nce_terms",
     "log_mel_spectrogram",
     "low_rank_tensor_fusion",
     "masked_cross_attention",
     "masked_mean",
     "masked_softmax",
+    "max_fusion",
     "mel_filterbank",
+    "mel_to_hz",
     "mfcc",
     "modality_dropout",
+    "product_of_experts",
+    "siglip_loss",
     "signed_sqrt",
+    "soft_vote",
     "spectrogram",
+    "spectrogram_to_grid",
     "tensor_fusion",
+    "time_order_violations",
+    "time_overlap",
+    "weighted_mean",
 ]
-__all__ = ["fill_absent", "info_nce", "siglip_loss"]
