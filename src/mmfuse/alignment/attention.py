@@ -64,7 +64,7 @@ def check_video_text(
     lead = "B " if batched else ""
     sizes = check_tensor(video, lead + "T H W Dv", owner=owner, arg="video", Dv=video_dim)
     batch = {"B": sizes["B"]} if batched else {}
-    check_tensor(text, lead + "L D", owner=owner, arg="text", D=dim, **cast(Any, batch))
+    check_tensor(text, lead + "L D", owner=owner, arg="text", **cast(Any, batch), D=dim)
     check_same_device({"video": video, "text": text}, owner=owner)
     t, h, w = sizes["T"], sizes["H"], sizes["W"]
     full = lead + "T H W"
@@ -72,9 +72,9 @@ def check_video_text(
         lead + "T"
     )
     check_mask(video_mask, owner=owner, arg="video_mask", layout=layout, device=video.device,
-               T=t, H=h, W=w, **batch)
+               **batch, T=t, H=h, W=w)
     check_mask(text_mask, owner=owner, arg="text_mask", layout=lead + "L", device=video.device,
-               L=text.shape[-2], **batch)
+               **batch, L=text.shape[-2])
     if not batched:
         video, text = video[None], text[None]
         video_mask = None if video_mask is None else video_mask[None]

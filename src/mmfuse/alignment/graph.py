@@ -167,10 +167,10 @@ class ModalityGraphAttention(nn.Module):
         batch = {"B": sizes["B"]} if batched else {}
         k = sizes["K"]
         check_mask(node_mask, owner=self, arg="node_mask", layout=lead + "K", device=nodes.device,
-                   K=k, **batch)
+                   **batch, K=k)
         if isinstance(adjacency, Tensor) and adjacency.dim() == 3 and batched:
             check_mask(adjacency, owner=self, arg="adjacency", layout="B K J",
-                       device=nodes.device, K=k, J=k, **batch)
+                       device=nodes.device, **batch, K=k, J=k)
         else:
             check_mask(adjacency, owner=self, arg="adjacency", layout="K J", device=nodes.device,
                        K=k, J=k)
@@ -179,7 +179,7 @@ class ModalityGraphAttention(nn.Module):
         graph = self.adjacency
         if adjacency is not None:
             graph = adjacency if graph is None else graph & adjacency  # (K, K) or (B, K, K)
-        bias = None if self.edge_logits is None else self.edge_logits.float()  # (K, K)
+        bias = self.edge_logits  # (K, K) or None
         p = self.dropout if self.training else 0.0
         maps: Tensor | None = None
         for i, module in enumerate(self.layers):

@@ -50,7 +50,7 @@ def masked_attention(
     Without ``need_weights`` this calls :func:`F.scaled_dot_product_attention`, so PyTorch picks
     its fused kernel (flash attention on CPU and CUDA) whenever ``dropout_p`` is 0; the maps are
     never materialised. With ``need_weights`` the maps are computed explicitly (softmax in
-    float32) and returned before dropout.
+    float32 or wider) and returned before dropout.
 
     Args:
         q: Queries.
@@ -74,10 +74,11 @@ def masked_attention(
     weights: Tensor | None = None
     if need_weights:
         s = q.shape[-1] ** -0.5 if scale is None else scale
-        scores = torch.matmul(q, k.transpose(-2, -1)).float() * s  # (B, h, L, N)
+        acc = torch.promote_types(q.dtype, torch.float32)  # softmax in float32 or wider
+        scores = torch.matmul(q, k.transpose(-2, -1)).to(acc) * s  # (B, h, L, N)
         if attn_mask is not None:
             scores = scores.masked_fill(~attn_mask, float("-inf"))
-        probs = scores.softmax(dim=-1)  # (B, h, L, N), float32
+        probs = scores.softmax(dim=-1)  # (B, h, L, N)
         dropped = F.dropout(probs, p=dropout_p) if dropout_p > 0 else probs
         out = torch.matmul(dropped.to(v.dtype), v)  # (B, h, L, d_v)
         weights = probs.to(q.dtype)
@@ -228,9 +229,9 @@ def graph_attention(
     """
     k = x.shape[-2]
     e = F.leaky_relu(score_dst[..., :, None] + score_src[..., None, :], negative_slope)
-    e = e.float()  # (B, h, K, K)
+    e = e.to(torch.promote_types(x.dtype, torch.float32))  # (B, h, K, K)
     if edge_bias is not None:
-        e = e + edge_bias.float()
+        e = e + edge_bias.to(e.dtype)
     eye = torch.eye(k, dtype=torch.bool, device=x.device)
     allowed = torch.ones_like(eye) if adjacency is None else adjacency | eye  # (K, K) / (B, K, K)
     if allowed.dim() == 3:
