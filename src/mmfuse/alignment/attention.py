@@ -85,6 +85,10 @@ def check_video_text(
         key_mask = video_mask if video_mask.dim() == 4 else (
             video_mask[:, :, None, None].expand(b, t, h, w)
         )  # (B, T, H, W)
+        # Masked tokens' values (even NaN or inf) never enter the arithmetic.
+        video = torch.where(key_mask[..., None], video, video.new_zeros(()))
+    if text_mask is not None:
+        text = torch.where(text_mask[..., None], text, text.new_zeros(()))
     return _Inputs(video, text, key_mask, text_mask, batched)
 
 

@@ -162,8 +162,8 @@ class ModalityGraphAttention(nn.Module):
         batched = not isinstance(nodes, Tensor) or nodes.dim() == 3
         lead = "B " if batched else ""
         fixed = {} if self.num_nodes is None else {"K": self.num_nodes}
-        sizes = check_tensor(nodes, lead + "K D", owner=self, arg="nodes", D=self.dim,
-                             **cast(Any, fixed))
+        sizes = check_tensor(nodes, lead + "K D", owner=self, arg="nodes", **cast(Any, fixed),
+                             D=self.dim)
         batch = {"B": sizes["B"]} if batched else {}
         k = sizes["K"]
         check_mask(node_mask, owner=self, arg="node_mask", layout=lead + "K", device=nodes.device,
@@ -176,6 +176,8 @@ class ModalityGraphAttention(nn.Module):
                        K=k, J=k)
         x = nodes if batched else nodes[None]  # (B, K, D)
         mask = node_mask if node_mask is None or batched else node_mask[None]  # (B, K)
+        if mask is not None:  # missing nodes' values (even NaN) never enter the arithmetic
+            x = torch.where(mask[..., None], x, x.new_zeros(()))
         graph = self.adjacency
         if adjacency is not None:
             graph = adjacency if graph is None else graph & adjacency  # (K, K) or (B, K, K)
