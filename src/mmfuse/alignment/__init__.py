@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .attention import AttentionOutput, PositionalEncoding3d, SpatioTemporalAttention
+from .attention import AttentionOutput, SpatioTemporalAttention
 from .factorized import FactorizedSpatioTemporalAttention
 from .graph import ModalityGraphAttention
 
 __all__: list[str] = []
 __all__ += ["AttentionOutput", "FactorizedSpatioTemporalAttention", "ModalityGraphAttention"]
-__all__ += ["PositionalEncoding3d", "SpatioTemporalAttention"]
+__all__ += ["SpatioTemporalAttention"]

@@ -44,7 +44,7 @@ class _Inputs(NamedTuple):
     batched: bool
 
 
-def check_video_text(
+def _check_video_text(
     owner: object,
     video: Any,
     text: Any,
@@ -92,7 +92,7 @@ def check_video_text(
     return _Inputs(video, text, key_mask, text_mask, batched)
 
 
-class PositionalEncoding3d(nn.Module):
+class _PositionalEncoding3d(nn.Module):
     """Separable 3-D positional encoding of a (T, H, W) grid of tokens.
 
     ``"learned"``: three tables (time, height, width) summed, ``e_t[t] + e_h[h] + e_w[w]``,
@@ -113,9 +113,9 @@ class PositionalEncoding3d(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_choice(kind, ("learned", "sinusoidal"), owner="PositionalEncoding3d", arg="kind")
+        check_choice(kind, ("learned", "sinusoidal"), owner="SpatioTemporalAttention", arg="kind")
         for n in max_grid:
-            check_positive(n, owner="PositionalEncoding3d", arg="max_grid")
+            check_positive(n, owner="SpatioTemporalAttention", arg="max_grid")
         self.kind, self.dim, self.max_grid = kind, dim, tuple(int(n) for n in max_grid)
         self.tables = nn.ParameterList()
         if kind == "learned":
@@ -159,7 +159,8 @@ class SpatioTemporalAttention(nn.Module):
 
     Masks are bool with True = keep, like ``F.scaled_dot_product_attention`` (the opposite of
     ``nn.MultiheadAttention``'s ``key_padding_mask``). A text token whose visual keys are all
-    masked, and a masked text token, get a zero output (and a zero map row), never NaN.
+    masked, and a masked text token, get a zero output (and a zero map row), never NaN; masked
+    values never enter the arithmetic (even NaN or inf there changes nothing).
 
     Args:
         dim: Text feature size D (queries and output).
@@ -222,7 +223,7 @@ class SpatioTemporalAttention(nn.Module):
         self.out_proj = nn.Linear(self.dim, self.dim, bias=bias, **dd)
         self.pos = (
             None if pos_encoding is None
-            else PositionalEncoding3d(pos_encoding, self.video_dim, max_grid=max_grid, **dd)
+            else _PositionalEncoding3d(pos_encoding, self.video_dim, max_grid=max_grid, **dd)
         )
         self._warned_slow_path = False
         self.reset_parameters()
@@ -270,7 +271,7 @@ class SpatioTemporalAttention(nn.Module):
         text_mask: Tensor | None = None,
         return_attention: bool = False,
     ) -> Tensor | AttentionOutput:
-        x = check_video_text(self, video, text, video_mask, text_mask,
+        x = _check_video_text(self, video, text, video_mask, text_mask,
                              video_dim=self.video_dim, dim=self.dim)
         b, t, h, w, _ = x.video.shape
         tokens = x.video

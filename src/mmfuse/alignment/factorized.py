@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive, owner_name
 from ..functional import divided_attention
-from .attention import AttentionOutput, PositionalEncoding3d, _zero_invalid, check_video_text
+from .attention import AttentionOutput, _check_video_text, _PositionalEncoding3d, _zero_invalid
 
 __all__ = ["FactorizedSpatioTemporalAttention"]
 
@@ -101,7 +101,7 @@ class FactorizedSpatioTemporalAttention(nn.Module):
         self.out_proj = nn.Linear(self.dim, self.dim, bias=bias, **dd)
         self.pos = (
             None if pos_encoding is None
-            else PositionalEncoding3d(pos_encoding, self.video_dim, max_grid=max_grid, **dd)
+            else _PositionalEncoding3d(pos_encoding, self.video_dim, max_grid=max_grid, **dd)
         )
         self._warned_slow_path = False
         self.reset_parameters()
@@ -138,7 +138,7 @@ class FactorizedSpatioTemporalAttention(nn.Module):
         text_mask: Tensor | None = None,
         return_attention: bool = False,
     ) -> Tensor | AttentionOutput:
-        x = check_video_text(self, video, text, video_mask, text_mask,
+        x = _check_video_text(self, video, text, video_mask, text_mask,
                              video_dim=self.video_dim, dim=self.dim)
         b, t, h, w, _ = x.video.shape
         tokens = x.video
