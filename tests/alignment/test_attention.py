@@ -336,3 +336,19 @@ def test_property_matches_reference_over_sizes(b, t, h, w, nl, heads, seed):
     torch.testing.assert_close(res.output, want)
     torch.testing.assert_close(res.attention.flatten(3), maps)
     torch.testing.assert_close(m(video, text, video_mask=mask), want)
+
+
+def test_compiled_training_with_dropout_runs_fullgraph():
+    """The slow-path warning is eager-only, so training with dropout still compiles."""
+    from mmfuse.alignment import FactorizedSpatioTemporalAttention
+
+    video, text = make()
+    for cls in (SpatioTemporalAttention, FactorizedSpatioTemporalAttention):
+        torch._dynamo.reset()
+        m = cls(8, 2, video_dim=6, dropout=0.2).train()
+        compiled = torch.compile(m, backend="eager", fullgraph=True)
+        out = compiled(video, text)
+        out.sum().backward()
+        assert out.shape == (2, 4, 8) and bool(torch.isfinite(out).all())
+        with pytest.warns(UserWarning, match="rules out the fused flash-attention kernel"):
+            m(video, text)  # eager still says so once

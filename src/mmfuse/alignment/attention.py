@@ -241,7 +241,8 @@ class SpatioTemporalAttention(nn.Module):
 
     def _dropout_p(self, device: torch.device, need_weights: bool) -> float:
         p = self.dropout if self.training else 0.0
-        if p > 0 and device.type == "cpu" and not need_weights and not self._warned_slow_path:
+        if (p > 0 and device.type == "cpu" and not need_weights and not self._warned_slow_path
+                and not torch.compiler.is_compiling()):  # warnings do not trace: eager only
             self._warned_slow_path = True
             warnings.warn(
                 f"{owner_name(self)}: attention dropout={p} in training rules out the fused "

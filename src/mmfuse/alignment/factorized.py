@@ -147,7 +147,8 @@ class FactorizedSpatioTemporalAttention(nn.Module):
         tokens = tokens.reshape(b, t, h * w, self.video_dim)  # (B, T, P, Dv)
         key_mask = None if x.key_mask is None else x.key_mask.reshape(b, t, h * w)  # (B, T, P)
         p = self.dropout if self.training else 0.0
-        if p > 0 and tokens.device.type == "cpu" and not self._warned_slow_path:
+        if (p > 0 and tokens.device.type == "cpu" and not self._warned_slow_path
+                and not torch.compiler.is_compiling()):  # warnings do not trace: eager only
             self._warned_slow_path = True
             warnings.warn(
                 f"{owner_name(self)}: attention dropout={p} in training rules out the fused "
