@@ -1,8 +1,21 @@
-"""Alignment: contrastive losses (cross-modal retrieval) and dynamic (attention) alignment."""
+"""Alignment across modalities: contrastive (retrieval), dynamic (attention, graphs) and
+generative (conditional generator heads)."""
 
 from __future__ import annotations
 
 from ..functional.contrastive import info_nce, siglip_loss
+from .attention import AttentionOutput, SpatioTemporalAttention
 from .contrastive import InfoNCELoss, SigLIPLoss
+from .factorized import FactorizedSpatioTemporalAttention
+from .graph import ModalityGraphAttention
 
-__all__ = ["InfoNCELoss", "SigLIPLoss", "info_nce", "siglip_loss"]
+__all__ = [
+    "AttentionOutput",
+    "FactorizedSpatioTemporalAttention",
+    "InfoNCELoss",
+    "ModalityGraphAttention",
+    "SigLIPLoss",
+    "SpatioTemporalAttention",
+    "info_nce",
+    "siglip_loss",
+]

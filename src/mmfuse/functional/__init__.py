@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .attention import divided_attention, graph_attention, masked_attention, sinusoidal_encoding_3d
 from .audio import (
     dct_matrix,
     hz_to_mel,
@@ -55,15 +56,18 @@ __all__ = [
     "bilinear_pool",
     "dct_matrix",
     "decision_fusion",
+    "divided_attention",
     "fill_absent",
     "film",
     "gated_fusion",
+    "graph_attention",
     "hard_vote",
     "hz_to_mel",
     "info_nce",
     "info_nce_terms",
     "log_mel_spectrogram",
     "low_rank_tensor_fusion",
+    "masked_attention",
     "masked_cross_attention",
     "masked_mean",
     "masked_softmax",
@@ -75,6 +79,7 @@ __all__ = [
     "product_of_experts",
     "siglip_loss",
     "signed_sqrt",
+    "sinusoidal_encoding_3d",
     "soft_vote",
     "spectrogram",
     "spectrogram_to_grid",
