@@ -48,7 +48,9 @@ OUT = 256
 
 
 def lin(x: Tensor, layer) -> Tensor:
-    return x @ layer.weight.T + layer.bias
+    # F.linear, as the modules' nn.Linear: the ratio then measures the modules' own work, not
+    # addmm against matmul-then-add (which differ by up to 2x on CPU for some shapes).
+    return F.linear(x, layer.weight, layer.bias)
 
 
 def base_attention(f: AttentionFusion, x: dict[str, Tensor]) -> Tensor:

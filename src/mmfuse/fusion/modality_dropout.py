@@ -34,10 +34,12 @@ class ModalityDropout(nn.Module):
         - output: ``{m: (B,) bool}`` for every modality in ``features``, True = kept
 
     Example:
+        >>> from mmfuse.fusion import AttentionFusion
         >>> drop = ModalityDropout(0.5)
         >>> feats = {"image": torch.randn(4, 8), "text": torch.randn(4, 3)}
         >>> present = drop(feats)
-        >>> fused = AttentionFusion({"image": 8, "text": 3}, 6)(feats, present)
+        >>> AttentionFusion({"image": 8, "text": 3}, 6)(feats, present).shape
+        torch.Size([4, 6])
     """
 
     def __init__(
