@@ -27,7 +27,10 @@ class ModalityDropout(nn.Module):
     Args:
         p: Probability of dropping each observed modality, in [0, 1].
         min_present: Observed modalities each sample keeps at least; 0 drops freely.
-        generator: Random source for reproducible draws (on the features' device).
+        generator: Random source for reproducible draws (on the features' device). Dynamo
+            cannot trace a call that passes a generator, so with one the training-mode
+            forward breaks the graph (``torch.compile(fullgraph=True)`` raises
+            ``Unsupported``; plain ``torch.compile`` runs it eagerly). Without one it compiles.
 
     Shape:
         - features[m]: (B, ...) any layout with the batch first; present[m]: (B,) bool
