@@ -152,3 +152,15 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match=r"AttentionFusion: expected `hidden` to be a positive"):
         AttentionFusion(DIMS, 4, hidden=0)
     assert "hidden=None" in repr(f)
+
+
+def test_all_present_fast_path_equals_presence_path() -> None:
+    """``present=None`` skips the presence masking; all-True presence must give the same."""
+    torch.manual_seed(5)
+    f = AttentionFusion(DIMS, 4)
+    with torch.no_grad():
+        for p in f.parameters():
+            p.normal_()
+    x = inputs(3, torch.float32)
+    ones = {m: torch.ones(3, dtype=torch.bool) for m in DIMS}
+    torch.testing.assert_close(f(x), f(x, ones))

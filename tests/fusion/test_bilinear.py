@@ -119,3 +119,15 @@ def test_errors() -> None:
         BilinearFusion(DIMS, 4, 2, dropout=1)
     with pytest.raises(ValueError, match=r"BilinearFusion: expected `eps` to be a positive"):
         BilinearFusion(DIMS, 4, 2, eps=0.0)
+
+
+def test_all_present_fast_path_equals_presence_path() -> None:
+    """``present=None`` skips the presence masking; all-True presence must give the same."""
+    torch.manual_seed(5)
+    f = BilinearFusion(DIMS, 4, 2)
+    with torch.no_grad():
+        for p in f.parameters():
+            p.normal_()
+    x = inputs(3, torch.float32)
+    ones = {m: torch.ones(3, dtype=torch.bool) for m in DIMS}
+    torch.testing.assert_close(f(x), f(x, ones))

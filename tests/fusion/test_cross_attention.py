@@ -182,3 +182,12 @@ def test_errors() -> None:
         CrossAttentionFusion(DIMS, 8, num_heads=3, depth=1)
     with pytest.raises(ValueError, match=r"expected `dims` to name at least two modalities"):
         CrossAttentionFusion({"video": 3}, 8, num_heads=2, depth=1)
+
+
+def test_all_present_fast_path_equals_presence_path() -> None:
+    torch.manual_seed(5)
+    f = CrossAttentionFusion(DIMS, 8, num_heads=2, depth=1)
+    toks = tokens(3, torch.float32)
+    ones = {m: torch.ones(3, dtype=torch.bool) for m in DIMS}
+    keep_all = {m: torch.ones(3, n, dtype=torch.bool) for m, n in LENGTHS.items()}
+    torch.testing.assert_close(f(toks), f(toks, keep_all, ones))

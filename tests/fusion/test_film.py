@@ -76,3 +76,15 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match=r"FiLMFusion: expected `dims` to name at least two"):
         FiLMFusion({"image": 3}, 4)
     assert "target='image'" in repr(FiLMFusion(DIMS, 4))
+
+
+def test_all_present_fast_path_equals_presence_path() -> None:
+    """``present=None`` skips the presence masking; all-True presence must give the same."""
+    torch.manual_seed(5)
+    f = FiLMFusion(DIMS, 4)
+    with torch.no_grad():
+        for p in f.parameters():
+            p.normal_()
+    x = inputs(3, torch.float32)
+    ones = {m: torch.ones(3, dtype=torch.bool) for m in DIMS}
+    torch.testing.assert_close(f(x), f(x, ones))

@@ -102,3 +102,15 @@ def test_errors() -> None:
         GatedFusion({}, 4)
     with pytest.raises(ValueError, match=r"GatedFusion: expected `dims\['a'\]` to be a positive"):
         GatedFusion({"a": 0}, 4)
+
+
+def test_all_present_fast_path_equals_presence_path() -> None:
+    """``present=None`` skips the presence masking; all-True presence must give the same."""
+    torch.manual_seed(5)
+    f = GatedFusion(DIMS, 4)
+    with torch.no_grad():
+        for p in f.parameters():
+            p.normal_()
+    x = inputs(DIMS, 3, torch.float32)
+    ones = {m: torch.ones(3, dtype=torch.bool) for m in DIMS}
+    torch.testing.assert_close(f(x), f(x, ones))

@@ -107,3 +107,15 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match=r"LowRankTensorFusion: expected `rank` to be a positive"):
         LowRankTensorFusion(DIMS, 5, 0)
     assert "rank=3" in repr(LowRankTensorFusion(DIMS, 5, 3))
+
+
+def test_all_present_fast_path_equals_presence_path() -> None:
+    """``present=None`` skips the presence masking; all-True presence must give the same."""
+    torch.manual_seed(5)
+    f = LowRankTensorFusion(DIMS, 4, 2)
+    with torch.no_grad():
+        for p in f.parameters():
+            p.normal_()
+    x = inputs(DIMS, 3, torch.float32)
+    ones = {m: torch.ones(3, dtype=torch.bool) for m in DIMS}
+    torch.testing.assert_close(f(x), f(x, ones))

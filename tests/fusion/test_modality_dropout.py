@@ -106,6 +106,13 @@ def test_trains_a_fusion_module_with_gradients() -> None:
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in fuse.parameters())
 
 
+def test_compiles_in_training_without_generator() -> None:
+    drop = ModalityDropout(0.7).train()
+    compiled = torch.compile(drop, backend="eager", fullgraph=True)
+    out = torch.stack(list(compiled(feats(64)).values()), 1)
+    assert out.any(1).all() and not out.all()
+
+
 def test_compiles_in_eval() -> None:
     drop = ModalityDropout(0.5).eval()
     compiled = torch.compile(drop, backend="eager", fullgraph=True)

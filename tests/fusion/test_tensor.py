@@ -94,3 +94,15 @@ def test_fused_size_and_unimodal_terms(sizes: list[int], batch: int) -> None:
     assert (z[:, 0] == 1).all()
     # the last modality's own features sit right after the leading 1
     torch.testing.assert_close(z[:, 1 : 1 + sizes[-1]], x[f"m{len(sizes) - 1}"])
+
+
+def test_all_present_fast_path_equals_presence_path() -> None:
+    """``present=None`` skips the presence masking; all-True presence must give the same."""
+    torch.manual_seed(5)
+    f = TensorFusion(DIMS, 4)
+    with torch.no_grad():
+        for p in f.parameters():
+            p.normal_()
+    x = inputs(DIMS, 3, torch.float32)
+    ones = {m: torch.ones(3, dtype=torch.bool) for m in DIMS}
+    torch.testing.assert_close(f(x), f(x, ones))

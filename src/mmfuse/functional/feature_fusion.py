@@ -49,14 +49,14 @@ def _fill_empty(fused: Tensor, observed: Tensor, missing: Tensor) -> Tensor:
 
 
 def attention_fusion(
-    values: Tensor, scores: Tensor, observed: Tensor, missing: Tensor
+    values: Tensor, scores: Tensor, observed: Tensor | None, missing: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Weighted sum of per-modality vectors, weights a softmax over the observed modalities.
 
     Args:
         values: Projected modality features.
         scores: One attention logit per sample and modality.
-        observed: True where the modality was observed.
+        observed: True where the modality was observed; None when all are.
         missing: Output for a sample with no modality observed.
 
     Shape:
@@ -64,13 +64,18 @@ def attention_fusion(
         - output: fused (B, D) and weights (B, M), zero where unobserved, each row summing to
           1 over its observed modalities (all zero for a row with nothing observed)
     """
+    if observed is None:
+        weights = torch.softmax(scores, dim=1)  # (B, M)
+        return (weights.unsqueeze(-1) * values).sum(dim=1), weights
     weights = masked_softmax(scores, observed, dim=1)  # (B, M)
     values = values.where(observed.unsqueeze(-1), 0.0)  # (B, M, D)
     fused = (weights.unsqueeze(-1) * values).sum(dim=1)  # (B, D)
     return _fill_empty(fused, observed, missing), weights
 
 
-def gated_fusion(hidden: Tensor, gate_logits: Tensor, observed: Tensor, missing: Tensor) -> Tensor:
+def gated_fusion(
+    hidden: Tensor, gate_logits: Tensor, observed: Tensor | None, missing: Tensor
+) -> Tensor:
     """Gated multimodal unit (Arevalo et al., 2017) for M modalities.
 
     Each feature d of the output is a convex mix of the observed modalities' hidden features,
@@ -79,9 +84,11 @@ def gated_fusion(hidden: Tensor, gate_logits: Tensor, observed: Tensor, missing:
 
     Shape:
         - hidden: (B, M, D) (``tanh`` of the projections); gate_logits: (B, M, D);
-          observed: (B, M) bool; missing: (D,)
+          observed: (B, M) bool, or None when every modality is observed; missing: (D,)
         - output: (B, D); ``missing`` for a row with nothing observed
     """
+    if observed is None:
+        return (torch.softmax(gate_logits, dim=1) * hidden).sum(dim=1)
     keep = observed.unsqueeze(-1)  # (B, M, 1)
     gates = masked_softmax(gate_logits, keep, dim=1)  # (B, M, D)
     fused = (gates * hidden.where(keep, 0.0)).sum(dim=1)  # (B, D)
@@ -153,7 +160,7 @@ def signed_sqrt(x: Tensor, eps: float = 1e-6) -> Tensor:
 
 def bilinear_pool(
     projections: Sequence[Tensor],
-    observed: Tensor,
+    observed: Tensor | None,
     rank: int,
     *,
     eps: float = 1e-6,
@@ -168,13 +175,20 @@ def bilinear_pool(
     :func:`signed_sqrt` and L2 normalisation. A row with nothing observed gives zeros.
 
     Shape:
-        - projections[m]: (B, O * rank); observed: (B, M) bool
+        - projections[m]: (B, O * rank); observed: (B, M) bool, or None when all are observed
         - output: (B, O), unit L2 norm (zero if the pooled vector or the row is empty)
     """
-    joint = projections[0].where(observed[:, :1], 1.0)  # (B, O * R)
-    for j, p in enumerate(projections[1:], start=1):
-        joint = joint * p.where(observed[:, j : j + 1], 1.0)  # (B, O * R)
+    if observed is None:
+        joint = projections[0]  # (B, O * R)
+        for p in projections[1:]:
+            joint = joint * p
+    else:
+        joint = projections[0].where(observed[:, :1], 1.0)  # (B, O * R)
+        for j, p in enumerate(projections[1:], start=1):
+            joint = joint * p.where(observed[:, j : j + 1], 1.0)  # (B, O * R)
     joint = F.dropout(joint, dropout_p, training)
     pooled = joint.unflatten(-1, (-1, rank)).sum(dim=-1)  # (B, O)
     out = F.normalize(signed_sqrt(pooled, eps), dim=-1)
+    if observed is None:
+        return out
     return out.where(observed.any(dim=1, keepdim=True), 0.0)

@@ -100,11 +100,13 @@ class AttentionFusion(nn.Module):
         *,
         return_weights: bool = False,
     ) -> Tensor | AttentionFusionOutput:
-        batch, ref, observed = observe(self, self.dims, features, present)
-        zs = zero_filled(self.dims, features, observed, ref, batch)
+        obs = observe(self, self.dims, features, present)
+        zs = zero_filled(self.dims, features, obs)
         values = torch.stack([self.proj[m](z) for m, z in zip(self.dims, zs)], dim=1)  # (B, M, D)
         scores = self.score(values).squeeze(-1)  # (B, M)
-        fused, weights = attention_fusion(values, scores, observed, self.missing)
+        fused, weights = attention_fusion(
+            values, scores, None if obs.all_given else obs.observed, self.missing
+        )
         if return_weights:
             return AttentionFusionOutput(fused, weights)
         return fused

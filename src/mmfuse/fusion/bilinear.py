@@ -80,11 +80,11 @@ class BilinearFusion(nn.Module):
     def forward(
         self, features: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None
     ) -> Tensor:
-        batch, ref, observed = observe(self, self.dims, features, present)
-        zs = zero_filled(self.dims, features, observed, ref, batch)
+        obs = observe(self, self.dims, features, present)
+        zs = zero_filled(self.dims, features, obs)
         projections = [self.proj[m](z) for m, z in zip(self.dims, zs)]  # (B, D * R) each
         return bilinear_pool(
-            projections, observed, self.rank, eps=self.eps, dropout_p=self.dropout,
+            projections, None if obs.all_given else obs.observed, self.rank, eps=self.eps, dropout_p=self.dropout,
             training=self.training,
         )
 

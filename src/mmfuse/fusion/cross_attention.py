@@ -189,8 +189,8 @@ class CrossAttentionFusion(nn.Module):
         *,
         return_tokens: bool = False,
     ) -> Tensor | CrossAttentionFusionOutput:
-        batch, ref, observed = observe(self, self.dims, tokens, present, arg="tokens",
-                                       layout="B N D")
+        batch, ref, observed, given = observe(self, self.dims, tokens, present, arg="tokens",
+                                              layout="B N D")
         given_masks = self._check_masks(masks, tokens, batch, ref.device)
         names = [m for m in self.dims if m in tokens]
         keep: dict[str, Tensor] = {}
@@ -203,7 +203,9 @@ class CrossAttentionFusion(nn.Module):
             if m in given_masks:
                 k = k & given_masks[m]
             keep[m] = k
-            x[m] = self.proj[m](t.where(k.unsqueeze(-1), 0.0))  # (B, N_m, D)
+            if not given[j] or m in given_masks:
+                t = t.where(k.unsqueeze(-1), 0.0)  # masked and absent tokens never read
+            x[m] = self.proj[m](t)  # (B, N_m, D)
         for layer in self.layers:
             blocks = cast(nn.ModuleDict, layer)
             new: dict[str, Tensor] = {}

@@ -83,15 +83,22 @@ class FiLMFusion(nn.Module):
     def forward(
         self, features: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None
     ) -> Tensor:
-        batch, ref, observed = observe(self, self.dims, features, present)
-        zs = zero_filled(self.dims, features, observed, ref, batch)
+        obs = observe(self, self.dims, features, present)
+        zs = zero_filled(self.dims, features, obs)
         names = list(self.dims)
         t = names.index(self.target)
-        h = fill_absent(self.proj(zs[t]), observed[:, t], self.missing)  # (B, D)
-        mod = h.new_zeros(batch, 2 * self.out_dim)  # (B, 2D): gamma and beta
+        h = self.proj(zs[t])  # (B, D)
+        if not obs.given[t]:
+            h = fill_absent(h, obs.observed[:, t], self.missing)
+        parts = []  # each (B, 2D): that modality's gamma and beta
         for j, m in enumerate(names):
-            if j != t:
-                mod = mod + fill_absent(self.cond[m](zs[j]), observed[:, j], mod.new_zeros(()))
+            if j == t:
+                continue
+            c = self.cond[m](zs[j])
+            parts.append(c if obs.given[j] else fill_absent(c, obs.observed[:, j], c.new_zeros(())))
+        mod = parts[0]
+        for c in parts[1:]:
+            mod = mod + c
         gamma, beta = mod.chunk(2, dim=-1)  # (B, D) each
         return film(h, gamma, beta)
 

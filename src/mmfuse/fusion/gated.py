@@ -75,18 +75,18 @@ class GatedFusion(nn.Module):
     def forward(
         self, features: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None
     ) -> Tensor:
-        batch, ref, observed = observe(self, self.dims, features, present)
-        zs = zero_filled(self.dims, features, observed, ref, batch)
+        obs = observe(self, self.dims, features, present)
+        zs = zero_filled(self.dims, features, obs)
         hidden = torch.stack(
             [torch.tanh(self.proj[m](z)) for m, z in zip(self.dims, zs)], dim=1
         )  # (B, M, D)
         gate_in = torch.cat(
-            [fill_absent(z, observed[:, j], self.missing[m]) for j, (m, z) in
-             enumerate(zip(self.dims, zs))],
+            [z if obs.given[j] else fill_absent(z, obs.observed[:, j], self.missing[m])
+             for j, (m, z) in enumerate(zip(self.dims, zs))],
             dim=-1,
         )  # (B, sum D_m)
         logits = self.gate(gate_in).unflatten(-1, (len(self.dims), self.out_dim))  # (B, M, D)
-        return gated_fusion(hidden, logits, observed, self.empty)
+        return gated_fusion(hidden, logits, None if obs.all_given else obs.observed, self.empty)
 
     def extra_repr(self) -> str:
         return f"dims={self.dims}, out_dim={self.out_dim}"

@@ -77,8 +77,8 @@ class LowRankTensorFusion(nn.Module):
     def forward(
         self, features: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None
     ) -> Tensor:
-        batch, ref, observed = observe(self, self.dims, features, present)
-        zs = zero_filled(self.dims, features, observed, ref, batch)
+        obs = observe(self, self.dims, features, present)
+        zs = zero_filled(self.dims, features, obs)
         factors = [self.factors[m] for m in self.dims]
         return low_rank_tensor_fusion(zs, factors, self.weights, self.bias)
 

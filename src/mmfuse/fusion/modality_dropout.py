@@ -27,17 +27,22 @@ class ModalityDropout(nn.Module):
     Args:
         p: Probability of dropping each observed modality, in [0, 1].
         min_present: Observed modalities each sample keeps at least; 0 drops freely.
-        generator: Random source for reproducible draws (on the features' device).
+        generator: Random source for reproducible draws (on the features' device). Dynamo
+            cannot trace a call that passes a generator, so with one the training-mode
+            forward breaks the graph (``torch.compile(fullgraph=True)`` raises
+            ``Unsupported``; plain ``torch.compile`` runs it eagerly). Without one it compiles.
 
     Shape:
         - features[m]: (B, ...) any layout with the batch first; present[m]: (B,) bool
         - output: ``{m: (B,) bool}`` for every modality in ``features``, True = kept
 
     Example:
+        >>> from mmfuse.fusion import AttentionFusion
         >>> drop = ModalityDropout(0.5)
         >>> feats = {"image": torch.randn(4, 8), "text": torch.randn(4, 3)}
         >>> present = drop(feats)
-        >>> fused = AttentionFusion({"image": 8, "text": 3}, 6)(feats, present)
+        >>> AttentionFusion({"image": 8, "text": 3}, 6)(feats, present).shape
+        torch.Size([4, 6])
     """
 
     def __init__(

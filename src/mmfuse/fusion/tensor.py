@@ -77,8 +77,8 @@ class TensorFusion(nn.Module):
     def forward(
         self, features: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None
     ) -> Tensor:
-        batch, ref, observed = observe(self, self.dims, features, present)
-        zs = zero_filled(self.dims, features, observed, ref, batch)
+        obs = observe(self, self.dims, features, present)
+        zs = zero_filled(self.dims, features, obs)
         return self.linear(tensor_fusion(zs))  # (B, prod(D_m + 1)) -> (B, D)
 
     def extra_repr(self) -> str:
