@@ -321,11 +321,12 @@ class _TiledInfoNCE(torch.autograd.Function):
             qs = qh[i0:i1] * s
             for j0, j1 in _tiles(n_k, tile):
                 lt = qs @ kh[j0:j1].t()  # (t, t) recomputed
-                gt = torch.zeros_like(lt)
                 if cr is not None:
-                    gt.add_(torch.sub(lt, safe_r[i0:i1, None]).exp_().mul_(h_r[i0:i1, None]))
-                if cc is not None:
-                    gt.add_(torch.sub(lt, safe_c[None, j0:j1]).exp_().mul_(h_c[None, j0:j1]))
+                    gt = torch.sub(lt, safe_r[i0:i1, None]).exp_().mul_(h_r[i0:i1, None])
+                    if cc is not None:
+                        gt.add_(torch.sub(lt, safe_c[None, j0:j1]).exp_().mul_(h_c[None, j0:j1]))
+                else:
+                    gt = torch.sub(lt, safe_c[None, j0:j1]).exp_().mul_(h_c[None, j0:j1])
                 if diag:
                     d = pairs.diag_offset(i0, i1, j0, j1)
                     if d is not None:
