@@ -112,10 +112,15 @@ class _Pairs:
 
     def diag_index(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """For the diagonal kind: (query rows, key columns) of the in-range pairs."""
-        lo = max(0, -self.offset)
-        hi = min(self.n_q, self.n_k - self.offset)
-        rows = torch.arange(lo, max(lo, hi), device=device)
+        sq, _ = self.diag_slices()
+        rows = torch.arange(sq.start, sq.stop, device=device)
         return rows, rows + self.offset
+
+    def diag_slices(self) -> tuple[slice, slice]:
+        """For the diagonal kind: the query rows and key rows of the in-range pairs."""
+        lo = max(0, -self.offset)
+        hi = max(lo, min(self.n_q, self.n_k - self.offset))
+        return slice(lo, hi), slice(lo + self.offset, hi + self.offset)
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -276,7 +281,8 @@ class _TiledInfoNCE(torch.autograd.Function):
         stats_r = stats_c = None
         if diag:
             ri, ci = pairs.diag_index(dev)
-            lp = s * (qh[ri] * kh[ci]).sum(1)  # (P,)
+            sq, sk = pairs.diag_slices()
+            lp = s * torch.linalg.vecdot(qh[sq], kh[sk], dim=1)  # (P,) positive logits
             ok = torch.ones_like(lp, dtype=torch.bool)
             if vq is not None:
                 ok = ok & vq[ri]
@@ -365,7 +371,8 @@ class _TiledInfoNCE(torch.autograd.Function):
                 dk[j0:j1].addmm_(gt.t(), qs)
         if diag:  # the positive pairs' own entries, outside the tiles
             ri, ci = pairs.diag_index(dev)
-            lp = s * (qh[ri] * kh[ci]).sum(1)
+            sq, sk = pairs.diag_slices()
+            lp = s * torch.linalg.vecdot(qh[sq], kh[sk], dim=1)
             gp = lp.new_zeros(lp.shape)
             if cr is not None:
                 gp = gp + _pos_grad(lp, cr, ri, None, "index", eps)
@@ -377,8 +384,8 @@ class _TiledInfoNCE(torch.autograd.Function):
             if vk is not None:
                 ok = ok & vk[ci]
             gp = gp.where(ok, 0.0)
-            dq.index_add_(0, ri, gp[:, None] * kh[ci])
-            dk.index_add_(0, ci, gp[:, None] * (s * qh[ri]))
+            dq[sq].addcmul_(gp[:, None], kh[sk])
+            dk[sk].addcmul_((gp * s)[:, None], qh[sq])
         grad_scale = _scale_grad(dq, qh).to(scale.dtype) if ctx.needs_input_grad[2] else None
         norm = cfg["normalize"]
         grad_q = _prep_backward(q, vq, norm, qh, dq.mul_(s)) if ctx.needs_input_grad[0] else None
