@@ -146,7 +146,7 @@ def main() -> None:
     repeats = args.repeats or (1 if args.quick else 3)
     peak = matmul_peak(1024 if args.quick else 4096, 3 if args.quick else 5)
     print(f"float32 torch.mm peak: {peak:.1f} GFLOP/s ({args.threads} threads); D={args.dim}, "
-          f"tile={args.tile}, median of {repeats} after a warm-up\n")
+          f"tile={args.tile}, median of {repeats} after a warm-up\n", flush=True)
     print("| B | loss | time (s) | time / open_clip | peak RSS growth (MB) | memory / open_clip "
           "| % of mm peak |")
     print("|---|---|---|---|---|---|---|")

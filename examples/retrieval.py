@@ -118,6 +118,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--dim", type=int, default=64, help="size of the shared embedding")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--positives", choices=("digit", "pair"), default="digit",
+                   help="digit: every same-digit pair is a positive (default); pair: only the "
+                        "paired item, other same-digit items count as negatives (ablation)")
     args = p.parse_args()
     epochs = args.epochs or (15 if args.quick else 60)
     torch.manual_seed(args.seed)
@@ -158,7 +161,8 @@ def main() -> None:
         for start in range(0, len(order), args.batch_size):
             idx = order[start : start + args.batch_size]
             # multiple positives: every same-digit pair in the batch is a positive
-            loss = loss_fn(image_enc(img_tr[idx]), audio_enc(aud_tr[idx]), positives=lab_tr[idx])
+            positives = lab_tr[idx] if args.positives == "digit" else None
+            loss = loss_fn(image_enc(img_tr[idx]), audio_enc(aud_tr[idx]), positives=positives)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -165,6 +165,7 @@ def test_info_nce_bfloat16_inputs_compute_in_float32():
         assert ga.dtype == torch.bfloat16
         assert_rel(gt, rt, 1e-5, "grad temperature")
         assert_rel(ga, ra, 1e-2, "grad a (bfloat16)")
+        assert_rel(gb, rb, 1e-2, "grad b (bfloat16)")
     assert info_nce(a, b).dtype == torch.bfloat16  # a float temperature keeps the input dtype
 
 

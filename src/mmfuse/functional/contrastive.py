@@ -37,7 +37,15 @@ from torch import Tensor
 
 from .._checks import check_choice, check_positive, check_tensor, format_shape, owner_name
 
-__all__ = ["DEFAULT_TILE", "NORM_EPS", "InfoNCETerms", "info_nce", "info_nce_terms", "siglip_loss"]
+__all__ = [
+    "DEFAULT_TILE",
+    "NORM_EPS",
+    "InfoNCETerms",
+    "info_nce",
+    "info_nce_terms",
+    "make_pairs",
+    "siglip_loss",
+]
 
 DEFAULT_TILE = 1024
 """Tile size of the tiled path; also the size above which ``chunk_size=None`` tiles."""
@@ -104,10 +112,15 @@ class _Pairs:
 
     def diag_index(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """For the diagonal kind: (query rows, key columns) of the in-range pairs."""
-        lo = max(0, -self.offset)
-        hi = min(self.n_q, self.n_k - self.offset)
-        rows = torch.arange(lo, max(lo, hi), device=device)
+        sq, _ = self.diag_slices()
+        rows = torch.arange(sq.start, sq.stop, device=device)
         return rows, rows + self.offset
+
+    def diag_slices(self) -> tuple[slice, slice]:
+        """For the diagonal kind: the query rows and key rows of the in-range pairs."""
+        lo = max(0, -self.offset)
+        hi = max(lo, min(self.n_q, self.n_k - self.offset))
+        return slice(lo, hi), slice(lo + self.offset, hi + self.offset)
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -127,21 +140,24 @@ def _prep(x: Tensor, valid: Tensor | None, normalize: bool, ct: torch.dtype) -> 
     return x
 
 
-def _prep_backward(x: Tensor, valid: Tensor | None, normalize: bool, ct: torch.dtype,
+def _prep_backward(x: Tensor, valid: Tensor | None, normalize: bool, xh: Tensor,
                    grad: Tensor) -> Tensor:
-    """Gradient of :func:`_prep` with respect to ``x`` (in ``x.dtype``)."""
+    """Gradient of :func:`_prep` with respect to ``x`` (in ``x.dtype``), given ``xh = _prep(x)``
+    and the gradient with respect to ``xh``. Works in place on ``grad`` (no (B, D) temporaries
+    beyond the result, which matters at large B)."""
     if normalize:
-        x32 = x.to(ct)
-        if valid is not None:
-            x32 = x32.where(valid[:, None], 0.0)
-        norm = torch.linalg.vector_norm(x32, dim=1, keepdim=True)  # (B, 1)
-        den = norm.clamp_min(NORM_EPS)
-        xh = x32 / den
-        proj = (xh * grad).sum(1, keepdim=True).where(norm > NORM_EPS, 0.0)  # (B, 1)
-        grad = (grad - xh * proj) / den
-    if valid is not None:
+        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=grad.dtype)  # (B, 1)
+        proj = torch.linalg.vecdot(xh, grad, dim=1).unsqueeze(1)  # (B, 1)
+        proj = proj.where(norm > NORM_EPS, 0.0)  # clamped norm: the projection term vanishes
+        grad.addcmul_(xh, proj, value=-1.0).div_(norm.clamp_min(NORM_EPS))
+    if valid is not None:  # removed rows (whose values may be anything) get no gradient
         grad = grad.where(valid[:, None], 0.0)
     return grad.to(x.dtype)
+
+
+def _scale_grad(dq: Tensor, qh: Tensor) -> Tensor:
+    """``sum(dq * qh)`` without a (B, D) temporary, summed over rows in float64."""
+    return torch.linalg.vecdot(dq, qh, dim=1).double().sum()
 
 
 def _tiles(n: int, t: int) -> list[tuple[int, int]]:
@@ -265,7 +281,8 @@ class _TiledInfoNCE(torch.autograd.Function):
         stats_r = stats_c = None
         if diag:
             ri, ci = pairs.diag_index(dev)
-            lp = s * (qh[ri] * kh[ci]).sum(1)  # (P,)
+            sq, sk = pairs.diag_slices()
+            lp = s * torch.linalg.vecdot(qh[sq], kh[sk], dim=1)  # (P,) positive logits
             ok = torch.ones_like(lp, dtype=torch.bool)
             if vq is not None:
                 ok = ok & vq[ri]
@@ -321,11 +338,12 @@ class _TiledInfoNCE(torch.autograd.Function):
             qs = qh[i0:i1] * s
             for j0, j1 in _tiles(n_k, tile):
                 lt = qs @ kh[j0:j1].t()  # (t, t) recomputed
-                gt = torch.zeros_like(lt)
                 if cr is not None:
-                    gt.add_(torch.sub(lt, safe_r[i0:i1, None]).exp_().mul_(h_r[i0:i1, None]))
-                if cc is not None:
-                    gt.add_(torch.sub(lt, safe_c[None, j0:j1]).exp_().mul_(h_c[None, j0:j1]))
+                    gt = torch.sub(lt, safe_r[i0:i1, None]).exp_().mul_(h_r[i0:i1, None])
+                    if cc is not None:
+                        gt.add_(torch.sub(lt, safe_c[None, j0:j1]).exp_().mul_(h_c[None, j0:j1]))
+                else:
+                    gt = torch.sub(lt, safe_c[None, j0:j1]).exp_().mul_(h_c[None, j0:j1])
                 if diag:
                     d = pairs.diag_offset(i0, i1, j0, j1)
                     if d is not None:
@@ -353,7 +371,8 @@ class _TiledInfoNCE(torch.autograd.Function):
                 dk[j0:j1].addmm_(gt.t(), qs)
         if diag:  # the positive pairs' own entries, outside the tiles
             ri, ci = pairs.diag_index(dev)
-            lp = s * (qh[ri] * kh[ci]).sum(1)
+            sq, sk = pairs.diag_slices()
+            lp = s * torch.linalg.vecdot(qh[sq], kh[sk], dim=1)
             gp = lp.new_zeros(lp.shape)
             if cr is not None:
                 gp = gp + _pos_grad(lp, cr, ri, None, "index", eps)
@@ -365,15 +384,12 @@ class _TiledInfoNCE(torch.autograd.Function):
             if vk is not None:
                 ok = ok & vk[ci]
             gp = gp.where(ok, 0.0)
-            dq.index_add_(0, ri, gp[:, None] * kh[ci])
-            dk.index_add_(0, ci, gp[:, None] * (s * qh[ri]))
-        grad_scale = (dq * qh).sum() if ctx.needs_input_grad[2] else None
-        grad_q = _prep_backward(q, vq, cfg["normalize"], ct, dq * s) if ctx.needs_input_grad[0] \
-            else None
-        grad_k = _prep_backward(k, vk, cfg["normalize"], ct, dk) if ctx.needs_input_grad[1] \
-            else None
-        if grad_scale is not None:
-            grad_scale = grad_scale.to(scale.dtype)
+            dq[sq].addcmul_(gp[:, None], kh[sk])
+            dk[sk].addcmul_((gp * s)[:, None], qh[sq])
+        grad_scale = _scale_grad(dq, qh).to(scale.dtype) if ctx.needs_input_grad[2] else None
+        norm = cfg["normalize"]
+        grad_q = _prep_backward(q, vq, norm, qh, dq.mul_(s)) if ctx.needs_input_grad[0] else None
+        grad_k = _prep_backward(k, vk, norm, kh, dk) if ctx.needs_input_grad[1] else None
         return grad_q, grad_k, grad_scale, None
 
 
@@ -793,7 +809,7 @@ class _TiledSigLIP(torch.autograd.Function):
         n_q, n_k = qh.shape[0], kh.shape[0]
         g = g.to(ct)
         dq, dk = torch.zeros_like(qh), torch.zeros_like(kh)
-        dbias = qh.new_zeros(())
+        dbias = qh.new_zeros((), dtype=torch.float64)
         for i0, i1 in _tiles(n_q, tile):
             qs = qh[i0:i1] * s
             for j0, j1 in _tiles(n_k, tile):
@@ -805,15 +821,14 @@ class _TiledSigLIP(torch.autograd.Function):
                 if valid is not None:
                     gt = gt.where(valid, 0.0)
                 gt.mul_(g[i0:i1, None])
-                dbias += gt.sum()
+                dbias += gt.sum(dtype=torch.float64)
                 dq[i0:i1].addmm_(gt, kh[j0:j1])
                 dk[j0:j1].addmm_(gt.t(), qs)
-        grad_scale = (dq * qh).sum().to(scale.dtype) if ctx.needs_input_grad[2] else None
+        grad_scale = _scale_grad(dq, qh).to(scale.dtype) if ctx.needs_input_grad[2] else None
         grad_bias = dbias.to(bias.dtype) if ctx.needs_input_grad[3] else None
-        grad_q = _prep_backward(q, vq, cfg["normalize"], ct, dq * s) if ctx.needs_input_grad[0] \
-            else None
-        grad_k = _prep_backward(k, vk, cfg["normalize"], ct, dk) if ctx.needs_input_grad[1] \
-            else None
+        norm = cfg["normalize"]
+        grad_q = _prep_backward(q, vq, norm, qh, dq.mul_(s)) if ctx.needs_input_grad[0] else None
+        grad_k = _prep_backward(k, vk, norm, kh, dk) if ctx.needs_input_grad[1] else None
         return grad_q, grad_k, grad_scale, grad_bias, None
 
 
