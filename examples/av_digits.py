@@ -85,7 +85,8 @@ class Model(nn.Module):
         if self.kind == "audio":
             return self.heads["audio"](self.audio(batch.audio)).log_softmax(-1), {}
         feats = self.features(batch)
-        assert self.fusion is not None
+        if self.fusion is None:
+            raise RuntimeError(f"model kind {self.kind!r} needs a fusion module")
         if self.kind == "feature":
             return self.head(self.fusion(feats, present)).log_softmax(-1), {}
         logits = {m: self.heads[m](feats[m]) for m in NAMES}
@@ -136,7 +137,7 @@ def train(model: Model, data: AVSplit, *, epochs: int, dropout: float, seed: int
                                random_presence(len(b.labels), dropout, gen).items()}
             log_p, logits = model(b, present)
             loss = F.nll_loss(log_p, b.labels)
-            for m, lg in logits.items():  # decision level: each expert also learns alone
+            for lg in logits.values():  # decision level: each expert also learns alone
                 loss = loss + F.cross_entropy(lg, b.labels)
             opt.zero_grad()
             loss.backward()

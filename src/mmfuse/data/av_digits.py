@@ -75,17 +75,16 @@ def load_fsdd(audio_dir: str | os.PathLike[str], *, clip_samples: int = 6000
             f"load_fsdd: expected `audio_dir` to be a folder of FSDD recordings "
             f"({{digit}}_{{speaker}}_{{index}}.wav), got {str(audio_dir)!r}, which does not exist."
         )
-    files = sorted(p for p in folder.iterdir() if _FSDD_NAME.match(p.name))
-    if not files:
+    matches = sorted(((p, m) for p in folder.iterdir() if (m := _FSDD_NAME.match(p.name))),
+                     key=lambda pm: pm[0].name)
+    if not matches:
         raise FileNotFoundError(
             f"load_fsdd: expected FSDD recordings named {{digit}}_{{speaker}}_{{index}}.wav in "
             f"`audio_dir`, got none in {str(folder)!r}."
         )
     sf = require("soundfile", feature="mmfuse.data.load_fsdd")
     waves, labels, is_test = [], [], []
-    for p in files:
-        m = _FSDD_NAME.match(p.name)
-        assert m is not None  # filtered above
+    for p, m in matches:
         data, rate = sf.read(str(p), dtype="float32", always_2d=True)
         if rate != SAMPLE_RATE:
             raise ValueError(
@@ -152,7 +151,7 @@ def synthesize_spoken_digits(
         amp = torch.nn.functional.interpolate(amp[None], size=clip_samples, mode="linear",
                                               align_corners=False)[0]  # (H, S)
         wave = (amp * torch.sin(h * phase)).sum(0)  # (S,)
-        env = torch.sin(math.pi * u) ** 0.5 * ((t >= start) & (t <= start + dur))
+        env = torch.sin(math.pi * u).clamp_min(0) ** 0.5 * ((t >= start) & (t <= start + dur))
         wave = wave * env
         fric = _FRICATIVE.get(d, 0.0)
         if fric:
