@@ -117,10 +117,11 @@ class CVAEHead(nn.Module):
                 f"CVAEHead: expected `decoder` to be an nn.Module, got {type(decoder).__name__}."
             )
         self.cond_dim, self.latent_dim = int(cond_dim), int(latent_dim)
-        self.prior, self.obs_sigma = prior, float(obs_sigma)
-        numel = 1
+        self.numel = 1
         for s in shape:
-            numel *= s
+            self.numel *= s
+        self.prior, self.obs_sigma = prior, float(obs_sigma)
+        numel = self.numel
         self.encoder = _mlp(numel + cond_dim, hidden_dim, 2 * latent_dim, dd)
         self.prior_net = _mlp(cond_dim, hidden_dim, 2 * latent_dim, dd) if prior == "learned" \
             else None
@@ -168,7 +169,7 @@ class CVAEHead(nn.Module):
         self._check_cond(cond, batch)
         if noise is not None:
             check_tensor(noise, "B L", owner=self, arg="noise", B=batch, L=self.latent_dim)
-        h = self.encoder(torch.cat([x.reshape(batch, -1), cond], dim=-1))  # (B, 2L)
+        h = self.encoder(torch.cat([x.reshape(batch, self.numel), cond], dim=-1))  # (B, 2L)
         mean, logvar = h.chunk(2, dim=-1)
         logvar = logvar.clamp(-30.0, 20.0)
         pmean, plogvar = self.prior_params(cond)
@@ -190,7 +191,7 @@ class CVAEHead(nn.Module):
                                 generator=generator)
         out = self(x, cond, noise=noise)
         work = torch.promote_types(x.dtype, torch.float32)
-        err = (x.to(work) - out.reconstruction.to(work)).square().reshape(x.shape[0], -1)
+        err = (x.to(work) - out.reconstruction.to(work)).square().reshape(x.shape[0], self.numel)
         recon = (err.sum(-1) / (2 * self.obs_sigma**2)).mean()
         if self.prior_net is None:
             kl = gaussian_kl(out.mean, out.logvar).mean()
