@@ -299,6 +299,11 @@ class DiffusionHead(nn.Module):
         maps back to it (up to the discretisation error, which vanishes as ``steps`` grows).
 
         Returns (B, *target_shape) float32 noise on ``x0``'s device (cast it as you like).
+
+        Conditioning: each step reads x0 back from the model's estimate at the current
+        ``alpha_bar``. With eps-prediction and the cosine schedule, whose last ``alpha_bar`` is
+        about 1e-9, that read divides by ~3e-5 and the round trip breaks down; use
+        ``prediction="v"`` or the linear schedule when inversion matters.
         """
         batch = check_target(x0, self.target_shape, owner=self, arg="x0")
         self._check_cond(cond, batch)
