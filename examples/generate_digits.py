@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     x = torch.from_numpy(x_tr).reshape(-1, 1, 8, 8)
     y = torch.from_numpy(y_tr).long()
     if args.quick:
-        cfg = {"diffusion": (700, 128), "cvae": (700, 128)}
+        cfg = {"diffusion": (500, 128), "cvae": (500, 128)}
         hidden, per_digit = 128, args.per_digit or 20
     else:
         cfg = {"diffusion": (6000, 128), "cvae": (4000, 128)}
