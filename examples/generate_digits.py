@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from mmfuse._optional import require
-from mmfuse.alignment import CVAEHead, ConditionEmbedding, DiffusionHead, consistency_score
+from mmfuse.alignment import ConditionEmbedding, CVAEHead, DiffusionHead, consistency_score
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURE = ROOT / "docs" / "img" / "generated_digits.png"

@@ -9,6 +9,7 @@ from mmfuse import ShapeError
 from mmfuse.alignment import ConditioningAugmentation
 from mmfuse.functional import gaussian_kl
 
+
 def test_augmentation_sample_and_kl() -> None:
     torch.manual_seed(0)
     ca = ConditioningAugmentation(6, 4).double()

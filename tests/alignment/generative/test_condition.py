@@ -116,7 +116,7 @@ def test_errors() -> None:
     kw = inputs()
     with pytest.raises(TypeError, match="ConditionEmbedding: expected at least one of `labels`, `style`, `features`, got none"):
         emb()
-    with pytest.raises(TypeError, match="ConditionEmbedding: expected `labels` to be an integer tensor of class indices, got torch.float32"):
+    with pytest.raises(TypeError, match=r"ConditionEmbedding: expected `labels` to be an integer tensor of class indices, got torch\.float32"):
         emb(labels=kw["labels"].float())
     with pytest.raises(ShapeError, match=r"ConditionEmbedding: expected `style` of shape \(B, S\) with S=2, B=4, got \(3, 2\)"):
         emb(labels=kw["labels"], style=kw["style"][:3])

@@ -134,7 +134,7 @@ def test_gradcheck_loss() -> None:
 def test_errors() -> None:
     with pytest.raises(ValueError, match=r"CVAEHead: unknown `prior` 'flow'; expected one of \['learned', 'standard'\]"):
         CVAEHead(4, 2, 2, prior="flow")
-    with pytest.raises(TypeError, match="CVAEHead: expected `decoder` to be an nn.Module, got function"):
+    with pytest.raises(TypeError, match=r"CVAEHead: expected `decoder` to be an nn\.Module, got function"):
         CVAEHead(4, 2, 2, decoder=lambda z: z)
     head = make()
     with pytest.raises(ShapeError, match=r"CVAEHead: expected `x` of shape \(B, C, H, W\) with C=1, H=4, W=4, got \(2, 1, 4, 5\)"):
