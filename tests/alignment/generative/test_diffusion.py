@@ -292,3 +292,58 @@ def test_gradcheck_denoiser() -> None:
     c = torch.randn(2, E, dtype=torch.float64, requires_grad=True)
     t = torch.tensor([3, 70])
     assert torch.autograd.gradcheck(lambda a, b: head(a, t, b), (x, c))
+
+
+# ----------------------------------------------------------------------------- UNet backbone
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8), (12, 3)])
+def test_unet_backbone_starts_at_zero_and_samples(shape) -> None:
+    torch.manual_seed(0)
+    head = DiffusionHead(shape, E, hidden_dim=16, num_blocks=1, num_steps=50, backbone="unet",
+                         unet_channels=8).eval()
+    assert head.levels == 2
+    x, t, c = torch.randn(3, *shape), torch.tensor([0, 10, 49]), torch.randn(3, E)
+    assert torch.equal(head(x, t, c), torch.zeros(3, *shape))  # zero-initialised output layer
+    for block in (*head.net.down_blocks, head.net.mid, *head.net.up_blocks):
+        h = torch.randn(3, 8, *([4, 4] if len(shape) == 3 else [6]))
+        assert torch.equal(block(h, torch.randn(3, 16)), h)  # AdaLN-zero: identity at init
+    excite(head)
+    out = head.sample(c, steps=6, guidance_scale=2.0, generator=gen(1))
+    assert out.shape == (3, *shape) and bool(torch.isfinite(out).all())
+    want = naive_sample(head, c, head.null_cond.expand(3, E), 2.0,
+                        torch.randn(3, *shape, generator=gen(1)), 6)
+    torch.testing.assert_close(out, want, atol=1e-3, rtol=1e-3)  # float32 vs a float64 loop
+
+
+def test_unet_trains() -> None:
+    torch.manual_seed(0)
+    head = DiffusionHead((1, 4, 4), E, hidden_dim=16, num_blocks=1, num_steps=50,
+                         backbone="unet", unet_channels=8)
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    x0 = torch.linspace(-1, 1, 16).reshape(1, 1, 4, 4).repeat(32, 1, 1, 1)
+    c, g = torch.ones(32, E), gen(0)
+    losses = []
+    for _ in range(120):
+        loss = head.loss(x0, c, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-20:]) < 0.5 * sum(losses[:20])
+
+
+def test_unet_config_errors() -> None:
+    with pytest.raises(ValueError, match=r"DiffusionHead: expected an image \(C, H, W\) or sequence \(T, D\) `target_shape` for backbone='unet', got \(6,\)"):
+        DiffusionHead(6, E, backbone="unet")
+    with pytest.raises(ValueError, match=r"DiffusionHead: expected spatial sizes \(6, 6\) of `target_shape` divisible by 2\*\*levels=4, got \(1, 6, 6\)"):
+        DiffusionHead((1, 6, 6), E, backbone="unet", levels=2)
+    with pytest.raises(ValueError, match=r"DiffusionHead: unknown `backbone` 'dit'; expected one of \['mlp', 'unet'\]"):
+        DiffusionHead((1, 6, 6), E, backbone="dit")
+    assert DiffusionHead((1, 6, 10), E, backbone="unet", unet_channels=8).levels == 1
+
+
+def test_timestep_errors() -> None:
+    head = make()
+    with pytest.raises(TypeError, match=r"DiffusionHead: expected `t` to be an integer tensor of timesteps, got torch\.float32"):
+        head(torch.randn(2, 1, 4, 4), torch.zeros(2), torch.randn(2, E))

@@ -202,3 +202,27 @@ register(ContractCase(
     grad_exempt=("null_cond",),
     bad_inputs=diffusion_bad,
 ))
+register(ContractCase(
+    id="DiffusionHead-image-unet",
+    build=lambda **dd: excite(DiffusionHead((2, 8, 4), E, hidden_dim=16, num_blocks=1,
+                                            num_steps=50, backbone="unet", unet_channels=8,
+                                            **dd)),
+    inputs=diffusion_inputs((2, 8, 4), 50),
+    out_shape=lambda b: (b, 2, 8, 4),
+    tensor_args=["x", "cond"],
+    empty_batch="empty",
+    grad_exempt=("null_cond",),
+    bad_inputs=diffusion_bad,
+))
+register(ContractCase(
+    id="DiffusionHead-sequence-unet-v",
+    build=lambda **dd: excite(DiffusionHead((6, 3), E, hidden_dim=16, num_blocks=1,
+                                            num_steps=20, backbone="unet", unet_channels=8,
+                                            prediction="v", **dd)),
+    inputs=diffusion_inputs((6, 3), 20),
+    out_shape=lambda b: (b, 6, 3),
+    tensor_args=["x", "cond"],
+    empty_batch="empty",
+    grad_exempt=("null_cond",),
+    bad_inputs=diffusion_bad,
+))

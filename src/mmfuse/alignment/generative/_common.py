@@ -52,14 +52,15 @@ def check_target(x: object, shape: tuple[int, ...], *, owner: object, arg: str,
     return check_tensor(x, layout, owner=owner, arg=arg, **sizes)["B"]
 
 
-def check_labels(labels: object, *, owner: object, arg: str, batch: int | None = None) -> int:
-    """An integer (B,) tensor of class indices; returns B."""
+def check_labels(labels: object, *, owner: object, arg: str, batch: int | None = None,
+                 what: str = "class indices") -> int:
+    """An integer (B,) tensor (class indices, timesteps); returns B. Values are not read."""
     sizes: dict[str, Any] = {} if batch is None else {"B": batch}
     bound = check_tensor(labels, "B", owner=owner, arg=arg, floating=None, **sizes)
     dtype = cast(Tensor, labels).dtype
     if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
         raise TypeError(
-            f"{owner_name(owner)}: expected `{arg}` to be an integer tensor of class indices, "
+            f"{owner_name(owner)}: expected `{arg}` to be an integer tensor of {what}, "
             f"got {dtype}."
         )
     return bound["B"]

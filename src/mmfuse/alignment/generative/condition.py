@@ -48,7 +48,7 @@ class ConditionEmbedding(nn.Module):
         cond_dropout: Probability of dropping a sample's condition in training mode.
 
     Shape:
-        - labels: (B,) integer; style: (B, S); features[m]: (B, D_m);
+        - labels: (B,) integer in [0, num_classes); style: (B, S); features[m]: (B, D_m);
           present[name]: (B,) bool; drop: (B,) bool, True = use the null condition
         - output: (B, E)
 

@@ -20,11 +20,13 @@ from ...functional import (
     timestep_embedding,
     v_target,
 )
-from ._common import MLPBlock, check_labels, check_target, draw_normal, draw_uniform
+from ._common import check_labels, check_target, draw_normal, draw_uniform
 from ._common import target_shape as _target_shape
+from .denoiser import MLPDenoiser, UNetDenoiser, default_levels
 
 __all__ = ["DiffusionHead"]
 
+BACKBONES = ("mlp", "unet")
 PREDICTIONS = ("eps", "v")
 SAMPLERS = ("ddim", "ddpm")
 SCHEDULES = ("linear", "cosine")
@@ -34,11 +36,12 @@ class DiffusionHead(nn.Module):
     """Conditional denoising diffusion over a target (vector, sequence or image), with DDPM and
     DDIM sampling and classifier-free guidance.
 
-    The denoiser is a residual MLP over the flattened target: the sinusoidal timestep
-    embedding and the projected condition are summed into one embedding that modulates every
-    block with AdaLN-zero (zero-initialised, so each block starts as the identity, and the
-    output layer starts at zero). It suits small targets (up to a few thousand values, e.g.
-    8x8 to 32x32 images or short sequences of features).
+    The sinusoidal timestep embedding and the projected condition are summed into one
+    embedding that modulates every block of the denoiser with AdaLN-zero (zero-initialised, so
+    each block starts as the identity, and the output layer starts at zero). The denoiser is
+    ``backbone="mlp"``, a residual MLP over the flattened target (any target; fast, suits
+    small targets of up to a few thousand values), or ``"unet"``, a small UNet of modulated
+    residual conv blocks over images (C, H, W) or sequences (T, D) (convolving along T).
 
     Training (:meth:`loss`) draws ``t`` uniformly and the noise from N(0, I), and regresses
     eps or v (``prediction``) with a mean squared error in float32. With probability
@@ -56,12 +59,16 @@ class DiffusionHead(nn.Module):
     Args:
         target_shape: Per-sample target: (D,), (T, D) or (C, H, W).
         cond_dim: Size E of the condition vector.
-        hidden_dim: Width of the denoiser.
-        num_blocks: Residual blocks in the denoiser.
+        hidden_dim: Width of the MLP denoiser and of the timestep/condition embedding.
+        num_blocks: Residual blocks of the MLP; blocks per level of the UNet.
         num_steps: Diffusion steps T of the training process.
         schedule: ``"cosine"`` (Nichol & Dhariwal) or ``"linear"`` (DDPM) betas.
         prediction: ``"eps"`` (noise) or ``"v"`` (Salimans & Ho) parameterisation.
         cond_dropout: Probability of the null condition in :meth:`loss` (training mode).
+        backbone: ``"mlp"`` or ``"unet"``.
+        unet_channels: Width of the UNet (``backbone="unet"``).
+        levels: UNet downsamplings; default the largest k <= 2 with ``2^k`` dividing the
+            spatial sizes, which must be divisible by ``2^levels``.
 
     Shape:
         - forward: x: (B, *target_shape) noisy input; t: (B,) integer steps in [0, T);
@@ -86,6 +93,9 @@ class DiffusionHead(nn.Module):
         schedule: str = "cosine",
         prediction: str = "eps",
         cond_dropout: float = 0.1,
+        backbone: str = "mlp",
+        unet_channels: int = 64,
+        levels: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -97,6 +107,23 @@ class DiffusionHead(nn.Module):
             check_positive(value, owner=self, arg=arg)
         check_choice(schedule, SCHEDULES, owner=self, arg="schedule")
         check_choice(prediction, PREDICTIONS, owner=self, arg="prediction")
+        check_choice(backbone, BACKBONES, owner=self, arg="backbone")
+        check_positive(unet_channels, owner=self, arg="unet_channels")
+        if backbone == "unet":
+            if len(shape) == 1:
+                raise ValueError(
+                    f"{owner_name(self)}: expected an image (C, H, W) or sequence (T, D) "
+                    f"`target_shape` for backbone='unet', got {shape}."
+                )
+            spatial = shape[1:] if len(shape) == 3 else shape[:1]
+            if levels is None:
+                levels = default_levels(spatial)
+            check_positive(levels, owner=self, arg="levels", allow_zero=True)
+            if any(s % 2**levels for s in spatial):
+                raise ValueError(
+                    f"{owner_name(self)}: expected spatial sizes {spatial} of `target_shape` "
+                    f"divisible by 2**levels={2**levels}, got {shape}."
+                )
         check_positive(cond_dropout, owner=self, arg="cond_dropout", allow_zero=True)
         if cond_dropout >= 1:
             raise ValueError(
@@ -119,23 +146,22 @@ class DiffusionHead(nn.Module):
         )
         self.cond_proj = nn.Linear(cond_dim, hidden_dim, **dd)
         self.null_cond = nn.Parameter(torch.empty(cond_dim, **dd))
-        self.inp = nn.Linear(numel, hidden_dim, **dd)
-        self.blocks = nn.ModuleList(MLPBlock(hidden_dim, hidden_dim, **dd) for _ in range(num_blocks))
-        self.out_norm = nn.LayerNorm(hidden_dim, elementwise_affine=False, **dd)
-        self.out_mod = nn.Linear(hidden_dim, 2 * hidden_dim, **dd)
-        self.out = nn.Linear(hidden_dim, numel, **dd)
+        self.backbone = backbone
+        self.net: nn.Module
+        if backbone == "mlp":
+            self.net = MLPDenoiser(shape, hidden_dim, num_blocks, **dd)
+        else:
+            self.net = UNetDenoiser(shape, unet_channels, hidden_dim, num_blocks, levels or 0,
+                                    **dd)
+        self.levels = levels
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for layer in (*self.time_mlp, self.cond_proj, self.inp):
+        for layer in (*self.time_mlp, self.cond_proj):
             if isinstance(layer, nn.Linear):
                 layer.reset_parameters()
         nn.init.normal_(self.null_cond, std=1.0)
-        for block in self.blocks:
-            block.reset_parameters()  # type: ignore[operator]
-        for layer in (self.out_mod, self.out):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        self.net.reset_parameters()  # type: ignore[operator]
 
     # ------------------------------------------------------------------------- denoiser
 
@@ -145,7 +171,7 @@ class DiffusionHead(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor, drop: Tensor | None = None) -> Tensor:
         batch = check_target(x, self.target_shape, owner=self, arg="x")
-        check_labels(t, owner=self, arg="t", batch=batch)
+        check_labels(t, owner=self, arg="t", batch=batch, what="timesteps")
         self._check_cond(cond, batch)
         if drop is not None:
             check_tensor(drop, "B", owner=self, arg="drop", floating=False, B=batch)
@@ -153,15 +179,9 @@ class DiffusionHead(nn.Module):
         return self._denoise(x, t, cond)
 
     def _denoise(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        batch = x.shape[0]
         temb = timestep_embedding(t, self.hidden_dim).to(x.dtype)  # (B, H)
         emb = self.time_mlp(temb) + self.cond_proj(cond)  # (B, H)
-        h = self.inp(x.reshape(batch, self.numel))  # (B, H)
-        for block in self.blocks:
-            h = block(h, emb)
-        shift, scale = self.out_mod(nn.functional.silu(emb)).chunk(2, dim=-1)
-        h = self.out_norm(h) * (1 + scale) + shift
-        return self.out(h).reshape(batch, *self.target_shape)  # (B, *target)
+        return self.net(x, emb)  # (B, *target)
 
     # ------------------------------------------------------------------------- training
 
@@ -187,7 +207,7 @@ class DiffusionHead(nn.Module):
             t = (draw_uniform((batch,), device=device, generator=generator) * self.num_steps)
             t = t.long().clamp(max=self.num_steps - 1)
         else:
-            check_labels(t, owner=self, arg="t", batch=batch)
+            check_labels(t, owner=self, arg="t", batch=batch, what="timesteps")
         if noise is None:
             noise = draw_normal(x0.shape, device=device, dtype=torch.float32, generator=generator)
         else:
@@ -323,6 +343,7 @@ class DiffusionHead(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"target_shape={self.target_shape}, cond_dim={self.cond_dim}, "
-                f"hidden_dim={self.hidden_dim}, num_steps={self.num_steps}, "
+                f"hidden_dim={self.hidden_dim}, backbone={self.backbone!r}, "
+                f"num_steps={self.num_steps}, "
                 f"schedule={self.schedule!r}, prediction={self.prediction!r}, "
                 f"cond_dropout={self.cond_dropout}")
