@@ -347,3 +347,16 @@ def test_timestep_errors() -> None:
     head = make()
     with pytest.raises(TypeError, match=r"DiffusionHead: expected `t` to be an integer tensor of timesteps, got torch\.float32"):
         head(torch.randn(2, 1, 4, 4), torch.zeros(2), torch.randn(2, E))
+
+
+def test_loss_gradcheck_and_low_precision() -> None:
+    head = make(shape=(3,), hidden_dim=4, num_blocks=1).double()
+    x0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(2, E, dtype=torch.float64, requires_grad=True)
+    t, noise = torch.tensor([5, 60]), torch.randn(2, 3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b: head.loss(a, b, t=t, noise=noise), (x0, c))
+    assert head.loss(x0, c, t=t, noise=noise).dtype == torch.float64
+    bf = make().to(torch.bfloat16)
+    loss = bf.loss(torch.randn(2, 1, 4, 4, dtype=torch.bfloat16), torch.randn(2, E, dtype=torch.bfloat16),
+                   generator=gen(0))
+    assert loss.dtype == torch.float32 and bool(torch.isfinite(loss))

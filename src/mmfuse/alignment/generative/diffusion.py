@@ -44,7 +44,7 @@ class DiffusionHead(nn.Module):
     residual conv blocks over images (C, H, W) or sequences (T, D) (convolving along T).
 
     Training (:meth:`loss`) draws ``t`` uniformly and the noise from N(0, I), and regresses
-    eps or v (``prediction``) with a mean squared error in float32. With probability
+    eps or v (``prediction``) with a mean squared error in float32 (at least). With probability
     ``cond_dropout`` a sample's condition is replaced by the learned null condition, which
     gives the unconditional model used by classifier-free guidance at sampling time:
     ``out = uncond + guidance_scale * (cond - uncond)`` (1 = plain conditional sampling, no
@@ -195,29 +195,30 @@ class DiffusionHead(nn.Module):
         noise: Tensor | None = None,
         drop: Tensor | None = None,
     ) -> Tensor:
-        """Denoising loss: mean squared error of the eps or v prediction, a float32 scalar.
+        """Denoising loss: mean squared error of the eps or v prediction, a scalar in float32
+        (float64 for float64 inputs).
 
         ``t``, ``noise`` and ``drop`` default to random draws (from ``generator`` if given);
         the condition is dropped at rate ``cond_dropout`` only in training mode.
         """
         batch = check_target(x0, self.target_shape, owner=self, arg="x0")
         self._check_cond(cond, batch)
-        device = x0.device
+        device, work = x0.device, torch.promote_types(x0.dtype, torch.float32)
         if t is None:
             t = (draw_uniform((batch,), device=device, generator=generator) * self.num_steps)
             t = t.long().clamp(max=self.num_steps - 1)
         else:
             check_labels(t, owner=self, arg="t", batch=batch, what="timesteps")
         if noise is None:
-            noise = draw_normal(x0.shape, device=device, dtype=torch.float32, generator=generator)
+            noise = draw_normal(x0.shape, device=device, dtype=work, generator=generator)
         else:
             check_target(noise, self.target_shape, owner=self, arg="noise", batch=batch)
         if drop is None and self.training and self.cond_dropout > 0:
             drop = draw_uniform((batch,), device=device, generator=generator) < self.cond_dropout
-        ab = self.alphas_bar.to(device=device, dtype=torch.float32)[t]  # (B,)
-        x0f, noise = x0.to(torch.float32), noise.to(torch.float32)
+        ab = self.alphas_bar.to(device=device, dtype=work)[t]  # (B,)
+        x0f, noise = x0.to(work), noise.to(work)
         x_t = q_sample(x0f, noise, ab)
-        out = self(x_t.to(x0.dtype), t, cond, drop=drop).to(torch.float32)
+        out = self(x_t.to(x0.dtype), t, cond, drop=drop).to(work)
         target = noise if self.prediction == "eps" else v_target(x0f, noise, ab)
         return (out - target).square().mean()
 
@@ -236,15 +237,17 @@ class DiffusionHead(nn.Module):
         return list(dict.fromkeys(grid.tolist()))
 
     def _model_out(self, x: Tensor, t: int, cond: Tensor, uncond: Tensor | None,
-                   scale: float) -> Tensor:
-        """Denoiser output at integer step ``t``, guided if ``scale != 1``; float32."""
+                   scale: float, work: torch.dtype) -> Tensor:
+        """Denoiser output at integer step ``t``, guided if ``scale != 1``, in ``work``."""
         batch = x.shape[0]
+        x = x.to(cond.dtype)
         tt = torch.full((batch,), t, device=x.device, dtype=torch.long)
         if scale == 1.0:
-            return self._denoise(x, tt, cond).to(torch.float32)
-        null = uncond if uncond is not None else self.null_cond.to(cond.dtype).expand_as(cond)
+            return self._denoise(x, tt, cond).to(work)
+        null = uncond.to(cond.dtype) if uncond is not None else \
+            self.null_cond.to(cond.dtype).expand_as(cond)
         out = self._denoise(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, null]))
-        c_out, u_out = out.to(torch.float32).chunk(2)
+        c_out, u_out = out.to(work).chunk(2)
         return classifier_free_guidance(c_out, u_out, scale)
 
     @torch.no_grad()
@@ -278,7 +281,7 @@ class DiffusionHead(nn.Module):
                 data scaled to that range).
 
         Returns:
-            (B, *target_shape) on ``cond``'s device and dtype.
+            (B, *target_shape) on ``cond``'s device and dtype. No gradients are recorded.
         """
         batch = self._check_cond(cond)
         check_choice(sampler, SAMPLERS, owner=self, arg="sampler")
@@ -286,17 +289,18 @@ class DiffusionHead(nn.Module):
         if uncond is not None:
             check_tensor(uncond, "B E", owner=self, arg="uncond", B=batch, E=self.cond_dim)
         device, dtype = cond.device, cond.dtype
+        work = torch.promote_types(dtype, torch.float32)  # the sampler's arithmetic
         shape = (batch, *self.target_shape)
         if noise is None:
-            x = draw_normal(shape, device=device, dtype=torch.float32, generator=generator)
+            x = draw_normal(shape, device=device, dtype=work, generator=generator)
         else:
             check_target(noise, self.target_shape, owner=self, arg="noise", batch=batch)
-            x = noise.to(device=device, dtype=torch.float32)
+            x = noise.to(device=device, dtype=work)
         ts = self.timesteps(steps)
         for i, t in enumerate(ts):
             prev = ts[i + 1] if i + 1 < len(ts) else -1
             ab, ab_prev = self._ab[t], (self._ab[prev] if prev >= 0 else 1.0)
-            out = self._model_out(x.to(dtype), t, cond, uncond, guidance_scale)
+            out = self._model_out(x, t, cond, uncond, guidance_scale, work)
             x0, eps = predict_start(x, out, ab, self.prediction)
             if clip_x0 is not None:
                 x0 = x0.clamp(*clip_x0)
@@ -304,11 +308,11 @@ class DiffusionHead(nn.Module):
             last = prev < 0
             if sampler == "ddim":
                 z = None if last or eta == 0 else \
-                    draw_normal(shape, device=device, dtype=torch.float32, generator=generator)
+                    draw_normal(shape, device=device, dtype=work, generator=generator)
                 x = ddim_step(x0, eps, ab, ab_prev, eta, z)
             else:
                 z = None if last else \
-                    draw_normal(shape, device=device, dtype=torch.float32, generator=generator)
+                    draw_normal(shape, device=device, dtype=work, generator=generator)
                 x = ddpm_step(x0, x, ab, ab_prev, z)
         return x.to(dtype)
 
@@ -318,7 +322,8 @@ class DiffusionHead(nn.Module):
         """Run deterministic DDIM backwards: data to the x_T that ``sample(noise=x_T, eta=0)``
         maps back to it (up to the discretisation error, which vanishes as ``steps`` grows).
 
-        Returns (B, *target_shape) float32 noise on ``x0``'s device (cast it as you like).
+        Returns (B, *target_shape) noise on ``x0``'s device, in float32 (float64 for float64
+        inputs); no gradients are recorded.
 
         Conditioning: each step reads x0 back from the model's estimate at the current
         ``alpha_bar``. With eps-prediction and the cosine schedule, whose last ``alpha_bar`` is
@@ -328,11 +333,12 @@ class DiffusionHead(nn.Module):
         batch = check_target(x0, self.target_shape, owner=self, arg="x0")
         self._check_cond(cond, batch)
         ts = self.timesteps(steps)[::-1]  # ascending
-        x = x0.to(torch.float32)
+        work = torch.promote_types(x0.dtype, torch.float32)
+        x = x0.to(work)
         prev_ab, prev_t = 1.0, ts[0]
         for t in ts:
             # eps is read where the state is; the clean data is read at the first step.
-            out = self._model_out(x.to(cond.dtype), prev_t, cond, uncond, guidance_scale)
+            out = self._model_out(x, prev_t, cond, uncond, guidance_scale, work)
             x0_pred, eps = predict_start(x, out, self._ab[prev_t], self.prediction)
             if prev_ab == 1.0:
                 x0_pred = x
