@@ -298,3 +298,21 @@ def test_consistency_score_validates() -> None:
         consistency_score(torch.randn(4, 3), torch.randn(5, 3))
     with pytest.raises(TypeError, match="consistency_score: expected `generated_emb` to be a floating-point tensor"):
         consistency_score(torch.ones(4, 3, dtype=torch.long), torch.randn(4, 3))
+
+
+@settings(max_examples=20, deadline=None)
+@given(b=st.integers(1, 4), d=st.integers(1, 5), seed=st.integers(0, 1000),
+       prediction=st.sampled_from(["eps", "v", "x0"]),
+       ab_lo=st.floats(1e-4, 0.999))
+def test_predict_start_round_trip_property(b: int, d: int, seed: int, prediction: str,
+                                           ab_lo: float) -> None:
+    x0 = torch.randn(b, d, generator=gen(seed), dtype=D)
+    eps = torch.randn(b, d, generator=gen(seed + 1), dtype=D)
+    ab = torch.full((b,), ab_lo, dtype=D)
+    xt = q_sample(x0, eps, ab)
+    out = {"eps": eps, "v": v_target(x0, eps, ab), "x0": x0}[prediction]
+    x0_hat, eps_hat = predict_start(xt, out, ab, prediction)
+    torch.testing.assert_close(x0_hat, x0, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(eps_hat, eps, atol=1e-6, rtol=1e-6)
+    # A deterministic DDIM step with the true x0 and eps stays on the marginal.
+    torch.testing.assert_close(ddim_step(x0_hat, eps_hat, ab, 1.0), x0, atol=1e-6, rtol=1e-6)

@@ -58,7 +58,7 @@ def embedding_bad(kwargs: dict) -> list[BadInput]:
     labels = torch.zeros(3, dtype=torch.long)
     return [
         BadInput("float labels", {**kwargs, "labels": labels.float()}, TypeError, "labels"),
-        BadInput("labels batch mismatch", {**kwargs, "labels": labels[:2]}, ValueError,
+        BadInput("labels batch mismatch", {**kwargs, "labels": labels[:2]}, ShapeError,
                  "features"),
         BadInput("drop not bool", {**kwargs, "drop": torch.zeros(3)}, TypeError, "drop"),
     ]

@@ -16,6 +16,7 @@ from ..._checks import (
     check_tensor,
     owner_name,
 )
+from ...errors import ShapeError
 from ._common import check_labels, draw_uniform
 
 __all__ = ["ConditionEmbedding"]
@@ -155,7 +156,7 @@ class ConditionEmbedding(nn.Module):
                                 f"got {type(features).__name__}.")
             fb = check_features(features, self.dims, owner=self, allow_missing=True)
             if batch is not None and fb != batch:
-                raise ValueError(
+                raise ShapeError(
                     f"{name}: expected `features` with batch size {batch} like the other "
                     f"sources, got {fb}."
                 )
