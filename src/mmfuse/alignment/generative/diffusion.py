@@ -22,7 +22,7 @@ from ...functional import (
 )
 from ._common import check_labels, check_target, draw_normal, draw_uniform
 from ._common import target_shape as _target_shape
-from .denoiser import MLPDenoiser, UNetDenoiser, default_levels
+from ._denoiser import MLPDenoiser, UNetDenoiser, default_levels
 
 __all__ = ["DiffusionHead"]
 

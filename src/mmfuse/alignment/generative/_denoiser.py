@@ -1,4 +1,4 @@
-"""The denoiser networks behind DiffusionHead: a residual MLP and a small UNet.
+"""The denoiser networks behind DiffusionHead (internal): a residual MLP and a small UNet.
 
 Both map a noisy target and an embedding (timestep + condition) to an output of the target's
 shape, every block modulated by the embedding with AdaLN-zero, and the output layer at zero,
