@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                                                 "samples": float(labels.numel())}
         name = (f"diffusion (DDIM 50 steps, guidance {args.guidance:g})" if kind == "diffusion"
                 else "CVAE (conditional prior)")
-        panels[name] = samples.reshape(10, per_digit, 1, 8, 8)[:, :10].reshape(-1, 1, 8, 8)
+        cols = min(10, per_digit)
+        panels[name] = samples.reshape(10, per_digit, 1, 8, 8)[:, :cols].reshape(-1, 1, 8, 8)
         print(f"{kind}: trained {iters} iters in {secs:.1f} s; {labels.numel()} samples in "
               f"{sample_secs:.1f} s; classifier recognises the conditioned digit in "
               f"{res['accuracy']:.1%}", flush=True)
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
     figure = args.figure if args.figure is not None else (None if args.quick else FIGURE)
     if figure is not None:
-        save_grid(panels, figure, per_row=10)
+        save_grid(panels, figure, per_row=min(10, per_digit))
         print(f"saved {figure}")
     results["real"] = {"accuracy": real_acc, "spread": real_spread}
     return results
