@@ -12,7 +12,15 @@ from .audio import (
     mfcc,
     spectrogram,
 )
-from .contrastive import DEFAULT_TILE, NORM_EPS, InfoNCETerms, info_nce, info_nce_terms, siglip_loss
+from .contrastive import (
+    DEFAULT_TILE,
+    NORM_EPS,
+    InfoNCETerms,
+    info_nce,
+    info_nce_terms,
+    make_pairs,
+    siglip_loss,
+)
 from .cross_attention import masked_cross_attention, masked_mean
 from .data_level import (
     ALIGN_MODES,
@@ -42,6 +50,24 @@ from .feature_fusion import (
     tensor_fusion,
 )
 from .fusion import fill_absent
+from .generative import (
+    ConsistencyScore,
+    alphas_cumprod,
+    beta_schedule,
+    classifier_free_guidance,
+    consistency_score,
+    cosine_beta_schedule,
+    ddim_step,
+    ddpm_step,
+    gaussian_kl,
+    linear_beta_schedule,
+    posterior_mean_variance,
+    predict_start,
+    q_sample,
+    reparameterize,
+    timestep_embedding,
+    v_target,
+)
 from .modality_dropout import modality_dropout
 
 __all__ = [
@@ -50,23 +76,34 @@ __all__ = [
     "DEFAULT_TILE",
     "GRID_MODES",
     "NORM_EPS",
+    "ConsistencyScore",
     "InfoNCETerms",
     "align_to_times",
+    "alphas_cumprod",
     "attention_fusion",
+    "beta_schedule",
     "bilinear_pool",
+    "classifier_free_guidance",
+    "consistency_score",
+    "cosine_beta_schedule",
     "dct_matrix",
+    "ddim_step",
+    "ddpm_step",
     "decision_fusion",
     "divided_attention",
     "fill_absent",
     "film",
     "gated_fusion",
+    "gaussian_kl",
     "graph_attention",
     "hard_vote",
     "hz_to_mel",
     "info_nce",
     "info_nce_terms",
+    "linear_beta_schedule",
     "log_mel_spectrogram",
     "low_rank_tensor_fusion",
+    "make_pairs",
     "masked_attention",
     "masked_cross_attention",
     "masked_mean",
@@ -76,7 +113,11 @@ __all__ = [
     "mel_to_hz",
     "mfcc",
     "modality_dropout",
+    "posterior_mean_variance",
+    "predict_start",
     "product_of_experts",
+    "q_sample",
+    "reparameterize",
     "siglip_loss",
     "signed_sqrt",
     "sinusoidal_encoding_3d",
@@ -86,5 +127,7 @@ __all__ = [
     "tensor_fusion",
     "time_order_violations",
     "time_overlap",
+    "timestep_embedding",
+    "v_target",
     "weighted_mean",
 ]
