@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="ModalityDropout probability for the '+ dropout' rows")
     parser.add_argument("--fusions", default=None,
                         help="comma-separated subset of: " + ", ".join([*FUSIONS, *DECISIONS]))
-    parser.add_argument("--test-pairings", type=int, default=5,
-                        help="test images paired with each test clip (default 5)")
+    parser.add_argument("--test-pairings", type=int, default=None,
+                        help="test images paired with each test clip (default 5; 1 with --quick)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
@@ -194,13 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
 
+    pairings = args.test_pairings or (1 if args.quick else 5)
     start = time.perf_counter()
     data = load_av_digits(audio_dir, seed=args.seed, limit_per_class=60 if args.quick else None,
-                          test_pairings=args.test_pairings)
+                          test_pairings=pairings)
     n_mels = data.train.audio.shape[1]
     print(f"audio: {data.source}{' (SYNTHETIC: not speech)' if data.synthetic else ''}; "
           f"train {len(data.train.labels)} pairs, test {len(data.test.labels)} pairs "
-          f"({args.test_pairings} images per test clip); "
+          f"({pairings} images per test clip); "
           f"{epochs} epochs; ModalityDropout "
           f"{'from mmfuse.fusion' if hasattr(mmfuse.fusion, 'ModalityDropout') else 'local fallback'}"
           f" p={args.dropout}")
