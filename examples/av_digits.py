@@ -232,6 +232,18 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | ---: | ---: | ---: |")
     for label, both, no_audio, no_image in rows:
         print(f"| {label} | {pct(both)} | {pct(no_audio)} | {pct(no_image)} |")
+    single = {label: both for label, both, _, _ in rows if label.endswith(" only")}
+    fused = [(both, label) for label, both, _, _ in rows if not label.endswith(" only")]
+    if single and fused:
+        best_single = max(single.values())
+        best, best_label = max(fused)
+        print(f"\nbest fusion {best_label}: {100 * best:.1f} % vs best single modality "
+              f"{100 * best_single:.1f} %")
+        for label, _, no_audio, no_image in rows:
+            if label.endswith("ModalityDropout") and no_audio is not None and no_image is not None:
+                print(f"{label}: audio absent {100 * no_audio:.1f} % (image only "
+                      f"{100 * single.get('image only', 0):.1f} %), image absent "
+                      f"{100 * no_image:.1f} % (audio only {100 * single.get('audio only', 0):.1f} %)")
     print(f"\n{time.perf_counter() - start:.0f} s in all")
     return 0
 
