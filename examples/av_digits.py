@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="ModalityDropout probability for the '+ dropout' rows")
     parser.add_argument("--fusions", default=None,
                         help="comma-separated subset of: " + ", ".join([*FUSIONS, *DECISIONS]))
-    parser.add_argument("--test-pairings", type=int, default=5,
-                        help="test images paired with each test clip (default 5)")
+    parser.add_argument("--test-pairings", type=int, default=None,
+                        help="test images paired with each test clip (default 5; 1 with --quick)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
@@ -194,13 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
 
+    pairings = args.test_pairings or (1 if args.quick else 5)
     start = time.perf_counter()
     data = load_av_digits(audio_dir, seed=args.seed, limit_per_class=60 if args.quick else None,
-                          test_pairings=args.test_pairings)
+                          test_pairings=pairings)
     n_mels = data.train.audio.shape[1]
     print(f"audio: {data.source}{' (SYNTHETIC: not speech)' if data.synthetic else ''}; "
           f"train {len(data.train.labels)} pairs, test {len(data.test.labels)} pairs "
-          f"({args.test_pairings} images per test clip); "
+          f"({pairings} images per test clip); "
           f"{epochs} epochs; ModalityDropout "
           f"{'from mmfuse.fusion' if hasattr(mmfuse.fusion, 'ModalityDropout') else 'local fallback'}"
           f" p={args.dropout}")
@@ -231,6 +232,18 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | ---: | ---: | ---: |")
     for label, both, no_audio, no_image in rows:
         print(f"| {label} | {pct(both)} | {pct(no_audio)} | {pct(no_image)} |")
+    single = {label: both for label, both, _, _ in rows if label.endswith(" only")}
+    fused = [(both, label) for label, both, _, _ in rows if not label.endswith(" only")]
+    if single and fused:
+        best_single = max(single.values())
+        best, best_label = max(fused)
+        print(f"\nbest fusion {best_label}: {100 * best:.1f} % vs best single modality "
+              f"{100 * best_single:.1f} %")
+        for label, _, no_audio, no_image in rows:
+            if label.endswith("ModalityDropout") and no_audio is not None and no_image is not None:
+                print(f"{label}: audio absent {100 * no_audio:.1f} % (image only "
+                      f"{100 * single.get('image only', 0):.1f} %), image absent "
+                      f"{100 * no_image:.1f} % (audio only {100 * single.get('audio only', 0):.1f} %)")
     print(f"\n{time.perf_counter() - start:.0f} s in all")
     return 0
 
