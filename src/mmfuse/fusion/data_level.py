@@ -47,7 +47,9 @@ class DataLevelFusion(nn.Module):
     timestamps' *values*: each row sorted in time, and the frames' span overlapping the
     spectrogram's. Unlike the shape checks this reads tensor values (a device sync), so it runs
     in eager mode only; under ``torch.compile`` it is skipped (no graph break). Pass
-    ``validate_times=False`` to skip it in eager mode too.
+    ``validate_times=False`` to skip it in eager mode too. Keep timestamps in float32 or float64
+    even when the data is bfloat16 (whose 8-bit mantissa would round them); alignment runs in at
+    least float32.
 
     Args:
         channels: Image channels C of the frames.
