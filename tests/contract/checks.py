@@ -177,11 +177,24 @@ def check_output(case: ContractCase, batch: int = 4, seed: int = 0) -> None:
 
 
 def check_gradients(case: ContractCase, batch: int = 4) -> None:
-    """Every parameter receives a finite gradient (presence/masks exercised where taken)."""
+    """Every parameter receives a finite gradient (presence/masks exercised where taken).
+
+    A module without parameters must instead pass finite gradients to its floating inputs.
+    """
     m = build(case).train()
     kwargs = make_inputs(case, batch)
     if case.presence_arg:
         kwargs = with_presence(case, kwargs, batch)
+    if not any(p.requires_grad for p in m.parameters()):
+        leaves = [t.requires_grad_() for t in tree_tensors(kwargs) if t.is_floating_point()]
+        outs = run(case, m, kwargs)
+        assert outs.requires_grad, "output does not depend differentiably on any input"
+        grads = torch.autograd.grad((outs * random_like(outs, seed=7, scale=1.0)).sum(), leaves,
+                                    allow_unused=True)
+        assert any(g is not None for g in grads), "no input receives a gradient"
+        for g in grads:
+            assert g is None or bool(torch.isfinite(g).all()), "an input has a non-finite gradient"
+        return
     outs = run(case, m, kwargs)
     weight = random_like(outs, seed=7, scale=1.0)
     (outs * weight).sum().backward()

@@ -176,3 +176,36 @@ def test_unchecked_module_fails_with_the_inner_error_named() -> None:
     case = BROKEN[2][0]
     with pytest.raises(AssertionError, match=r"from the validators, got (IndexError|RuntimeError|KeyError)"):
         checks.check_bad_inputs(case)
+
+
+class ParameterFreeMean(nn.Module):
+    """Mean of the present modalities (all of one size); no parameters."""
+
+    def __init__(self, dims, *, device=None, dtype=None):
+        super().__init__()
+        self.dims = dict(dims)
+
+    def forward(self, features, present=None):
+        batch = check_features(features, self.dims, owner=self, allow_missing=True)
+        ref = next(iter(features.values()))
+        check_presence(present, self.dims, batch, owner=self, device=ref.device)
+        obs = presence_matrix(features, present, list(self.dims), batch, ref.device)  # (B, M)
+        z = torch.stack([features[m] if m in features else ref.new_zeros(batch, d)
+                         for m, d in self.dims.items()], 1)  # (B, M, D)
+        z = z.where(obs[..., None], torch.zeros((), dtype=z.dtype))
+        return z.sum(1) / obs.sum(1, keepdim=True).clamp(min=1)
+
+
+def test_parameter_free_module_checks_input_gradients() -> None:
+    dims = {"a": 3, "b": 3}
+    case = ContractCase(id="mean", build=lambda **dd: ParameterFreeMean(dims, **dd),
+                        inputs=feature_inputs(dims), out_shape=lambda b: (b, 3),
+                        features_arg="features", presence_arg="present", empty_batch="empty")
+    for check in checks.ALL_CHECKS.values():
+        check(case)
+    detached = ContractCase(id="detached", build=lambda **dd: ParameterFreeMean(dims, **dd),
+                            inputs=feature_inputs(dims), out_shape=lambda b: (b, 3),
+                            output=lambda out: out.detach(), features_arg="features",
+                            presence_arg="present", empty_batch="empty")
+    with pytest.raises(AssertionError, match="does not depend differentiably"):
+        checks.check_gradients(detached)
