@@ -8,7 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_mask, check_positive, check_tensor, format_shape, owner_name
+from .._checks import (
+    check_heads,
+    check_mask,
+    check_positive,
+    check_probability,
+    check_tensor,
+    format_shape,
+    owner_name,
+)
 from ..errors import ShapeError
 from ..functional import graph_attention
 from .attention import AttentionOutput
@@ -90,16 +98,10 @@ class ModalityGraphAttention(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        check_positive(dim, owner=self, arg="dim")
-        check_positive(num_heads, owner=self, arg="num_heads")
+        check_heads(dim, num_heads, owner=self)
         check_positive(num_layers, owner=self, arg="num_layers")
         check_positive(negative_slope, owner=self, arg="negative_slope", allow_zero=True)
-        if dim % num_heads:
-            raise ValueError(
-                f"{owner_name(self)}: expected `num_heads` to divide dim={dim}, got {num_heads}."
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"{owner_name(self)}: expected `dropout` in [0, 1), got {dropout!r}.")
+        check_probability(dropout, owner=self, arg="dropout")
         if adjacency is not None:
             check_tensor(adjacency, "K K", owner=self, arg="adjacency", floating=False,
                          **({} if num_nodes is None else {"K": num_nodes}))
