@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_dims, check_mask, check_positive
+from .._checks import check_heads, check_mask, check_positive, check_probability
 from ..errors import ModalityError
 from ..functional import masked_cross_attention, masked_mean
-from ._common import observe
+from ._common import check_config, observe
 
 __all__ = ["CrossAttentionFusion", "CrossAttentionFusionOutput"]
 
@@ -121,25 +121,15 @@ class CrossAttentionFusion(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.dims = check_dims(dims, owner=self)
+        self.dims, self.out_dim = check_config(self, dims, out_dim)
         if len(self.dims) < 2:
             raise ValueError(
                 f"CrossAttentionFusion: expected `dims` to name at least two modalities, "
                 f"got {list(self.dims)}."
             )
-        for arg, value in (("out_dim", out_dim), ("num_heads", num_heads), ("depth", depth)):
-            check_positive(value, owner=self, arg=arg)
-        check_positive(dropout, owner=self, arg="dropout", allow_zero=True)
-        if dropout >= 1:
-            raise ValueError(
-                f"CrossAttentionFusion: expected `dropout` in [0, 1), got {dropout!r}."
-            )
-        if out_dim % num_heads:
-            raise ValueError(
-                f"CrossAttentionFusion: expected `out_dim` divisible by `num_heads`={num_heads}, "
-                f"got {out_dim}."
-            )
-        self.out_dim = int(out_dim)
+        check_heads(out_dim, num_heads, owner=self, arg="out_dim")
+        check_positive(depth, owner=self, arg="depth")
+        check_probability(dropout, owner=self, arg="dropout")
         self.num_heads = int(num_heads)
         self.depth = int(depth)
         self.dropout = float(dropout)
