@@ -135,3 +135,8 @@ def test_errors():
         ModalityGraphAttention(8, 2, learn_adjacency=True)
     with pytest.raises(TypeError, match=r"expected `adjacency` to be a torch.bool tensor"):
         ModalityGraphAttention(8, 2, adjacency=torch.ones(3, 3))
+    with pytest.raises(ValueError, match=r"ModalityGraphAttention: expected `num_heads` to "
+                       r"divide dim=8, got 3\."):
+        ModalityGraphAttention(8, 3)
+    with pytest.raises(ValueError, match=r"expected `dropout` in \[0, 1\), got nan\."):
+        ModalityGraphAttention(8, 2, dropout=float("nan"))

@@ -180,6 +180,8 @@ def test_errors() -> None:
         f(toks, torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"expected `num_heads` to divide out_dim=8, got 3"):
         CrossAttentionFusion(DIMS, 8, num_heads=3, depth=1)
+    with pytest.raises(ValueError, match=r"CrossAttentionFusion: expected `dropout` in \[0, 1\)"):
+        CrossAttentionFusion(DIMS, 8, num_heads=2, depth=1, dropout=1.0)
     with pytest.raises(ValueError, match=r"expected `dims` to name at least two modalities"):
         CrossAttentionFusion({"video": 3}, 8, num_heads=2, depth=1)
 
