@@ -77,7 +77,7 @@ def _check_video_text(
                **batch, T=t, H=h, W=w)
     check_mask(text_mask, owner=owner, arg="text_mask", layout=lead + "L", device=video.device,
                **batch, L=text.shape[-2])
-    if not batched:
+    if not batched:  # add a batch of one: (1, T, H, W, Dv), (1, L, D), masks likewise
         video, text = video[None], text[None]
         video_mask = None if video_mask is None else video_mask[None]
         text_mask = None if text_mask is None else text_mask[None]
@@ -345,7 +345,7 @@ class SpatioTemporalAttention(_VideoTextAttention):
             dropout_p=self._dropout_p(q.device, fused=not need_weights),
             need_weights=need_weights,
         )  # (B, h, L, d); maps (B, h, L, N)
-        return out, None if maps is None else maps.unflatten(-1, (t, h, w))
+        return out, None if maps is None else maps.unflatten(-1, (t, h, w))  # (B, h, L, T, H, W)
 
 
 def _zero_invalid(out: Tensor, key_mask: Tensor | None, text_mask: Tensor | None) -> Tensor:

@@ -105,4 +105,4 @@ class FactorizedSpatioTemporalAttention(_VideoTextAttention):
             dropout_p=self._dropout_p(tokens.device, fused=True),
             need_weights=need_weights,
         )  # (B, h, L, d); maps (B, h, L, T, P)
-        return out, None if maps is None else maps.unflatten(-1, (h, w))
+        return out, None if maps is None else maps.unflatten(-1, (h, w))  # (B, h, L, T, H, W)

@@ -70,6 +70,7 @@ class ConcatFusion(nn.Module):
         for j, (m, d) in enumerate(self.dims.items()):
             fill = self.missing[m]
             x = features[m] if m in features else fill.to(obs.ref.dtype).expand(obs.batch, d)
+            # x: (B, D_m)
             parts.append(fill_absent(x, obs.observed[:, j], fill))  # (B, D_m)
         z = torch.cat(parts, dim=-1)  # (B, sum D_m)
         return z if self.proj is None else self.proj(z)

@@ -53,9 +53,10 @@ class _CrossBlock(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
         p = self.dropout if self.training else 0.0
         if context is not None and context_mask is not None:
-            q = self.q(self.norm_q(x)).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
-            # q: (B, H, Nq, d)
+            q = self.q(self.norm_q(x)).unflatten(-1, (self.num_heads, -1))  # (B, Nq, H, d)
+            q = q.transpose(1, 2)  # (B, H, Nq, d)
             kv = self.kv(self.norm_kv(context)).unflatten(-1, (2, self.num_heads, -1))
+            # kv: (B, Nk, 2, H, d)
             k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, Nk, d) each
             a = masked_cross_attention(q, k, v, context_mask, dropout_p=p)  # (B, H, Nq, d)
             a = self.out(a.transpose(1, 2).flatten(2))  # (B, Nq, D)
@@ -201,6 +202,7 @@ class CrossAttentionFusion(nn.Module):
             new: dict[str, Tensor] = {}
             for m in names:
                 others = [n for n in names if n != m]
+                # the other modalities' tokens, one sequence: (B, sum N_n, D) and (B, sum N_n)
                 context = torch.cat([x[n] for n in others], dim=1) if others else None
                 context_mask = torch.cat([keep[n] for n in others], dim=1) if others else None
                 new[m] = blocks[m](x[m], context, context_mask)  # (B, N_m, D)
