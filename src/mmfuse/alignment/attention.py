@@ -46,6 +46,24 @@ class _Inputs(NamedTuple):
     batched: bool
 
 
+def _check_maybe_batched(
+    x: object, layout: str, *, owner: object, arg: str, **sizes: int
+) -> tuple[dict[str, int], bool]:
+    """Check ``x`` against ``"B " + layout`` or, unbatched, ``layout``; return its named sizes
+    and whether it is batched."""
+    names = layout.split()
+    if isinstance(x, Tensor) and x.dim() not in (len(names), len(names) + 1):
+        fixed = ", ".join(f"{k}={v}" for k, v in sizes.items() if k in names)
+        raise ShapeError(
+            f"{owner_name(owner)}: expected `{arg}` of shape (B, {', '.join(names)}) or "
+            f"({', '.join(names)}){' with ' + fixed if fixed else ''}, got {format_shape(x.shape)}."
+        )
+    batched = not isinstance(x, Tensor) or x.dim() == len(names) + 1
+    bound = check_tensor(x, ("B " if batched else "") + layout, owner=owner, arg=arg,
+                         **cast(Any, sizes))
+    return bound, batched
+
+
 def _check_video_text(
     owner: object,
     video: Any,
@@ -57,14 +75,9 @@ def _check_video_text(
     dim: int,
 ) -> _Inputs:
     """Validate the spatio-temporal modules' inputs; return them batched, masks expanded."""
-    if isinstance(video, Tensor) and video.dim() not in (4, 5):
-        raise ShapeError(
-            f"{owner_name(owner)}: expected `video` of shape (B, T, H, W, Dv) or (T, H, W, Dv) "
-            f"with Dv={video_dim}, got {format_shape(video.shape)}."
-        )
-    batched = not isinstance(video, Tensor) or video.dim() == 5
+    sizes, batched = _check_maybe_batched(video, "T H W Dv", owner=owner, arg="video",
+                                          Dv=video_dim)
     lead = "B " if batched else ""
-    sizes = check_tensor(video, lead + "T H W Dv", owner=owner, arg="video", Dv=video_dim)
     batch = {"B": sizes["B"]} if batched else {}
     check_tensor(text, lead + "L D", owner=owner, arg="text", **cast(Any, batch), D=dim)
     check_same_device({"video": video, "text": text}, owner=owner)

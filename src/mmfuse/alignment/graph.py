@@ -14,12 +14,10 @@ from .._checks import (
     check_positive,
     check_probability,
     check_tensor,
-    format_shape,
     owner_name,
 )
-from ..errors import ShapeError
 from ..functional import graph_attention
-from .attention import AttentionOutput
+from .attention import AttentionOutput, _check_maybe_batched
 
 __all__ = ["ModalityGraphAttention"]
 
@@ -156,16 +154,10 @@ class ModalityGraphAttention(nn.Module):
         adjacency: Tensor | None = None,
         return_attention: bool = False,
     ) -> Tensor | AttentionOutput:
-        if isinstance(nodes, Tensor) and nodes.dim() not in (2, 3):
-            raise ShapeError(
-                f"{owner_name(self)}: expected `nodes` of shape (B, K, D) or (K, D) with "
-                f"D={self.dim}, got {format_shape(nodes.shape)}."
-            )
-        batched = not isinstance(nodes, Tensor) or nodes.dim() == 3
-        lead = "B " if batched else ""
         fixed = {} if self.num_nodes is None else {"K": self.num_nodes}
-        sizes = check_tensor(nodes, lead + "K D", owner=self, arg="nodes", **cast(Any, fixed),
-                             D=self.dim)
+        sizes, batched = _check_maybe_batched(nodes, "K D", owner=self, arg="nodes",
+                                              **cast(Any, fixed), D=self.dim)
+        lead = "B " if batched else ""
         batch = {"B": sizes["B"]} if batched else {}
         k = sizes["K"]
         check_mask(node_mask, owner=self, arg="node_mask", layout=lead + "K", device=nodes.device,

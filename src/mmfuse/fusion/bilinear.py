@@ -40,8 +40,11 @@ class BilinearFusion(nn.Module):
 
     Example:
         >>> f = BilinearFusion({"image": 8, "text": 4}, out_dim=6, rank=3)
-        >>> f({"image": torch.randn(2, 8), "text": torch.randn(2, 4)}).shape
+        >>> out = f({"image": torch.randn(2, 8), "text": torch.randn(2, 4)})
+        >>> out.shape
         torch.Size([2, 6])
+        >>> torch.allclose(out.norm(dim=-1), torch.ones(2))
+        True
     """
 
     def __init__(

@@ -45,8 +45,11 @@ class FiLMFusion(nn.Module):
 
     Example:
         >>> f = FiLMFusion({"image": 8, "text": 4}, out_dim=6, target="image")
-        >>> f({"image": torch.randn(2, 8), "text": torch.randn(2, 4)}).shape
+        >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
+        >>> f(x).shape
         torch.Size([2, 6])
+        >>> torch.allclose(f(x), f.proj(x["image"]))  # fresh: the target's projection
+        True
     """
 
     def __init__(

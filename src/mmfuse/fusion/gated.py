@@ -38,7 +38,8 @@ class GatedFusion(nn.Module):
 
     Example:
         >>> f = GatedFusion({"image": 8, "text": 4}, out_dim=6)
-        >>> f({"image": torch.randn(2, 8), "text": torch.randn(2, 4)}).shape
+        >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
+        >>> f(x, present={"text": torch.tensor([True, False])}).shape  # row 1: image only
         torch.Size([2, 6])
     """
 

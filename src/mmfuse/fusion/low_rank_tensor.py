@@ -42,6 +42,8 @@ class LowRankTensorFusion(nn.Module):
         >>> f = LowRankTensorFusion({"image": 8, "text": 4}, out_dim=6, rank=3)
         >>> f({"image": torch.randn(2, 8), "text": torch.randn(2, 4)}).shape
         torch.Size([2, 6])
+        >>> f({"image": torch.randn(2, 8)}).shape  # "text" left out: absent for the batch
+        torch.Size([2, 6])
     """
 
     def __init__(

@@ -40,6 +40,8 @@ class TensorFusion(nn.Module):
 
     Example:
         >>> f = TensorFusion({"image": 8, "text": 4}, out_dim=6)
+        >>> f.fused_size  # (8 + 1) * (4 + 1)
+        45
         >>> f({"image": torch.randn(2, 8), "text": torch.randn(2, 4)}).shape
         torch.Size([2, 6])
     """
