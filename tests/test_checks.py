@@ -10,9 +10,11 @@ from mmfuse._checks import (
     check_choice,
     check_dims,
     check_features,
+    check_heads,
     check_mask,
     check_positive,
     check_presence,
+    check_probability,
     check_same_device,
     check_tensor,
     format_shape,
@@ -154,6 +156,33 @@ def test_configuration_checks() -> None:
         check_positive(0, owner="F", arg="p")
     with pytest.raises(ValueError, match=r"unknown `mode` 'x'; expected one of \['a', 'b'\]"):
         check_choice("x", ["a", "b"], owner="F", arg="mode")
+
+
+def test_check_probability() -> None:
+    for ok in (0, 0.0, 0.5, 0.999):
+        check_probability(ok, owner="F", arg="dropout")
+    check_probability(1, owner="F", arg="p", closed=True)
+    for bad in (1, 1.0, -0.1, float("nan"), True, "0.1", None):
+        with pytest.raises(ValueError, match=r"^F: expected `dropout` in \[0, 1\), got .*\.$"):
+            check_probability(bad, owner="F", arg="dropout")
+    for bad in (1.5, -1e-9, float("nan"), False):
+        with pytest.raises(ValueError, match=r"^F: expected `p` in \[0, 1\], got .*\.$"):
+            check_probability(bad, owner="F", arg="p", closed=True)
+    with pytest.raises(ValueError, match=r"^F: expected `p` in \[0, 1\), got 1\.5\.$"):
+        check_probability(1.5, owner="F", arg="p")
+
+
+def test_check_heads() -> None:
+    check_heads(8, 4, owner="F")
+    check_heads(6, 6, owner="F", arg="out_dim")
+    with pytest.raises(ValueError, match=r"^F: expected `num_heads` to divide dim=8, got 3\.$"):
+        check_heads(8, 3, owner="F")
+    with pytest.raises(ValueError, match=r"^F: expected `num_heads` to divide out_dim=6, got 4\.$"):
+        check_heads(6, 4, owner="F", arg="out_dim")
+    with pytest.raises(ValueError, match=r"^F: expected `out_dim` to be a positive number, got 0"):
+        check_heads(0, 4, owner="F", arg="out_dim")
+    with pytest.raises(ValueError, match=r"^F: expected `num_heads` to be a positive number, got 0"):
+        check_heads(8, 0, owner="F")
 
 
 def test_validators_do_not_break_the_graph() -> None:

@@ -24,9 +24,11 @@ __all__ = [
     "check_choice",
     "check_dims",
     "check_features",
+    "check_heads",
     "check_mask",
     "check_positive",
     "check_presence",
+    "check_probability",
     "check_same_device",
     "check_tensor",
     "format_shape",
@@ -321,4 +323,27 @@ def check_choice(value: Any, choices: Iterable[Any], *, owner: object, arg: str)
     if value not in options:
         raise ValueError(
             f"{owner_name(owner)}: unknown `{arg}` {value!r}; expected one of {options}."
+        )
+
+
+def check_probability(value: Any, *, owner: object, arg: str, closed: bool = False) -> None:
+    """A probability: a number in [0, 1), or in [0, 1] with ``closed=True``; bools and NaN rejected.
+
+    ``[0, 1)`` suits dropout rates (1 would drop everything); ``[0, 1]`` suits a probability that
+    may be certain.
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not (0 <= value <= 1 if closed else 0 <= value < 1):
+        interval = "[0, 1]" if closed else "[0, 1)"
+        raise ValueError(f"{owner_name(owner)}: expected `{arg}` in {interval}, got {value!r}.")
+
+
+def check_heads(dim: Any, num_heads: Any, *, owner: object, arg: str = "dim") -> None:
+    """Multi-head attention sizes: ``dim`` (named ``arg``) and ``num_heads`` positive, and
+    ``num_heads`` divides ``dim``."""
+    check_positive(dim, owner=owner, arg=arg)
+    check_positive(num_heads, owner=owner, arg="num_heads")
+    if dim % num_heads:
+        raise ValueError(
+            f"{owner_name(owner)}: expected `num_heads` to divide {arg}={dim}, got {num_heads}."
         )

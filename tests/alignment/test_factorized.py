@@ -152,6 +152,13 @@ def test_errors():
         m(torch.cat([video, video[..., :1]], -1), text)
     with pytest.raises(ValueError, match=r"expected `num_heads` to divide dim=8, got 3"):
         FactorizedSpatioTemporalAttention(8, 3)
+    with pytest.raises(ValueError, match=r"FactorizedSpatioTemporalAttention: expected `dropout` "
+                       r"in \[0, 1\), got -0\.1\."):
+        FactorizedSpatioTemporalAttention(8, 2, dropout=-0.1)
+    with pytest.raises(ValueError, match=r"unknown `pos_encoding` 'rope'; expected one of"):
+        FactorizedSpatioTemporalAttention(8, 2, pos_encoding="rope")
+    with pytest.raises(ValueError, match=r"expected `video_dim` to be a positive number"):
+        FactorizedSpatioTemporalAttention(8, 2, video_dim=0)
 
 
 @settings(max_examples=6, deadline=None)

@@ -128,6 +128,9 @@ def test_errors():
     with pytest.raises(ShapeError, match=r"ModalityGraphAttention: expected `nodes` of shape "
                        r"\(B, K, D\) with K=4, D=8, got \(2, 3, 8\)"):
         m(make(b=2, k=3).float())
+    with pytest.raises(ShapeError, match=r"ModalityGraphAttention: expected `nodes` of shape "
+                       r"\(B, K, D\) or \(K, D\) with K=4, D=8, got \(2, 2, 4, 8\)\."):
+        m(torch.randn(2, 2, 4, 8))
     with pytest.raises(ShapeError, match=r"expected `adjacency` of shape \(K, J\) with K=4, J=4"):
         m(make().float(), adjacency=torch.ones(3, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"expected `num_nodes` \(or `adjacency`\) with "
@@ -135,3 +138,8 @@ def test_errors():
         ModalityGraphAttention(8, 2, learn_adjacency=True)
     with pytest.raises(TypeError, match=r"expected `adjacency` to be a torch.bool tensor"):
         ModalityGraphAttention(8, 2, adjacency=torch.ones(3, 3))
+    with pytest.raises(ValueError, match=r"ModalityGraphAttention: expected `num_heads` to "
+                       r"divide dim=8, got 3\."):
+        ModalityGraphAttention(8, 3)
+    with pytest.raises(ValueError, match=r"expected `dropout` in \[0, 1\), got nan\."):
+        ModalityGraphAttention(8, 2, dropout=float("nan"))

@@ -9,16 +9,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fusion._reference import assert_all_present_fast_path_equals_presence_path, random_features
 from mmfuse import ShapeError
 from mmfuse.functional import masked_softmax
 from mmfuse.fusion import AttentionFusion, AttentionFusionOutput
 
 DIMS = {"image": 5, "text": 3, "audio": 4}
-
-
-def inputs(batch: int, dtype=torch.float64, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {m: torch.randn(batch, d, generator=g, dtype=dtype) for m, d in DIMS.items()}
 
 
 def reference(f: AttentionFusion, feats, present) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +44,7 @@ def reference(f: AttentionFusion, feats, present) -> tuple[torch.Tensor, torch.T
 def test_matches_hand_loop_with_absent_modalities() -> None:
     torch.manual_seed(0)
     f = AttentionFusion(DIMS, 6, dtype=torch.float64)
-    feats = inputs(6)
+    feats = random_features(DIMS, 6)
     present = {
         "image": torch.tensor([1, 0, 1, 0, 1, 0], dtype=torch.bool),
         "text": torch.tensor([1, 1, 0, 0, 0, 0], dtype=torch.bool),
@@ -70,7 +66,7 @@ def test_weights_are_per_sample_not_constant() -> None:
     """The source sketch's softmax over one logit was always 1; here weights vary by sample."""
     torch.manual_seed(1)
     f = AttentionFusion(DIMS, 6)
-    w = f(inputs(16, torch.float32), return_weights=True).weights
+    w = f(random_features(DIMS, 16, torch.float32), return_weights=True).weights
     assert w.std(dim=0).min() > 1e-3
     assert (w > 0).all() and (w < 1).all()
 
@@ -78,7 +74,7 @@ def test_weights_are_per_sample_not_constant() -> None:
 def test_hidden_scoring_network() -> None:
     torch.manual_seed(2)
     f = AttentionFusion(DIMS, 6, hidden=7)
-    feats = inputs(4, torch.float32)
+    feats = random_features(DIMS, 4, torch.float32)
     out = f(feats, return_weights=True)
     values = torch.stack([f.proj[m](feats[m]) for m in DIMS], 1)
     s = f.score(values).squeeze(-1)
@@ -97,7 +93,7 @@ def test_weights_sum_to_one_over_present(batch: int, pattern, seed: int) -> None
     f = AttentionFusion(DIMS, 4)
     obs = torch.tensor(pattern[:batch], dtype=torch.bool)  # (B, M)
     present = {m: obs[:, j] for j, m in enumerate(DIMS)}
-    out = f(inputs(batch, torch.float32, seed), present, return_weights=True)
+    out = f(random_features(DIMS, batch, torch.float32, seed), present, return_weights=True)
     w = out.weights
     assert torch.isfinite(out.fused).all()
     assert (w[~obs] == 0).all()
@@ -110,7 +106,7 @@ def test_weights_sum_to_one_over_present(batch: int, pattern, seed: int) -> None
 def test_declared_order_not_callers_order() -> None:
     torch.manual_seed(3)
     f = AttentionFusion(DIMS, 4)
-    feats = inputs(3, torch.float32)
+    feats = random_features(DIMS, 3, torch.float32)
     reordered = {m: feats[m] for m in reversed(list(DIMS))}
     a = f(feats, return_weights=True)
     b = f(reordered, return_weights=True)
@@ -121,7 +117,7 @@ def test_declared_order_not_callers_order() -> None:
 def test_gradcheck_float64() -> None:
     torch.manual_seed(4)
     f = AttentionFusion(DIMS, 3, dtype=torch.float64)
-    feats = {m: x.requires_grad_() for m, x in inputs(2).items()}
+    feats = {m: x.requires_grad_() for m, x in random_features(DIMS, 2).items()}
     present = {"text": torch.tensor([True, False])}
     names = list(DIMS)
 
@@ -140,7 +136,7 @@ def test_masked_softmax_empty_row_is_zero_and_no_nan() -> None:
 
 def test_errors() -> None:
     f = AttentionFusion(DIMS, 4)
-    feats = inputs(2, torch.float32)
+    feats = random_features(DIMS, 2, torch.float32)
     with pytest.raises(
         ShapeError,
         match=r"AttentionFusion: expected `features\['text'\]` of shape \(B, D\) with D=3, B=2, "
@@ -155,12 +151,5 @@ def test_errors() -> None:
 
 
 def test_all_present_fast_path_equals_presence_path() -> None:
-    """``present=None`` skips the presence masking; all-True presence must give the same."""
     torch.manual_seed(5)
-    f = AttentionFusion(DIMS, 4)
-    with torch.no_grad():
-        for p in f.parameters():
-            p.normal_()
-    x = inputs(3, torch.float32)
-    ones = {m: torch.ones(3, dtype=torch.bool) for m in DIMS}
-    torch.testing.assert_close(f(x), f(x, ones))
+    assert_all_present_fast_path_equals_presence_path(AttentionFusion(DIMS, 4), DIMS)

@@ -9,15 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fusion._reference import assert_all_present_fast_path_equals_presence_path, random_features
 from mmfuse.functional import bilinear_pool, signed_sqrt
 from mmfuse.fusion import BilinearFusion
 
 DIMS = {"image": 5, "text": 3, "audio": 4}
-
-
-def inputs(batch: int, dtype=torch.float64, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    return {m: torch.randn(batch, d, generator=g, dtype=dtype) for m, d in DIMS.items()}
 
 
 def test_signed_sqrt_values_and_finite_gradient_at_zero() -> None:
@@ -56,7 +52,7 @@ def reference(f: BilinearFusion, feats, present) -> torch.Tensor:
 def test_matches_hand_reference_with_absent_modalities() -> None:
     torch.manual_seed(0)
     f = BilinearFusion(DIMS, 4, 3, dtype=torch.float64)
-    x = inputs(5)
+    x = random_features(DIMS, 5)
     present = {
         "image": torch.tensor([1, 0, 1, 0, 0], dtype=torch.bool),
         "text": torch.tensor([1, 1, 0, 0, 0], dtype=torch.bool),
@@ -86,7 +82,7 @@ def test_gradcheck_float64() -> None:
     torch.manual_seed(1)
     f = BilinearFusion(DIMS, 3, 2, eps=1e-2, dtype=torch.float64)
     names = list(DIMS)
-    xs = tuple(v.requires_grad_() for v in inputs(2).values())
+    xs = tuple(v.requires_grad_() for v in random_features(DIMS, 2).values())
     present = {"image": torch.tensor([True, False])}
     assert torch.autograd.gradcheck(lambda *a: f(dict(zip(names, a)), present), xs)
 
@@ -107,7 +103,7 @@ def test_rank_one_is_hadamard_product(rank: int, out_dim: int, seed: int) -> Non
 def test_dropout_only_in_training() -> None:
     torch.manual_seed(2)
     f = BilinearFusion(DIMS, 4, 3, dropout=0.5)
-    x = inputs(3, torch.float32)
+    x = random_features(DIMS, 3, torch.float32)
     f.eval()
     torch.testing.assert_close(f(x), f(x))
     f.train()
@@ -117,17 +113,13 @@ def test_dropout_only_in_training() -> None:
 def test_errors() -> None:
     with pytest.raises(ValueError, match=r"BilinearFusion: expected `dropout` in \[0, 1\), got 1"):
         BilinearFusion(DIMS, 4, 2, dropout=1)
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match=r"BilinearFusion: expected `dropout` in \[0, 1\)"):
+            BilinearFusion(DIMS, 4, 2, dropout=bad)
     with pytest.raises(ValueError, match=r"BilinearFusion: expected `eps` to be a positive"):
         BilinearFusion(DIMS, 4, 2, eps=0.0)
 
 
 def test_all_present_fast_path_equals_presence_path() -> None:
-    """``present=None`` skips the presence masking; all-True presence must give the same."""
     torch.manual_seed(5)
-    f = BilinearFusion(DIMS, 4, 2)
-    with torch.no_grad():
-        for p in f.parameters():
-            p.normal_()
-    x = inputs(3, torch.float32)
-    ones = {m: torch.ones(3, dtype=torch.bool) for m in DIMS}
-    torch.testing.assert_close(f(x), f(x, ones))
+    assert_all_present_fast_path_equals_presence_path(BilinearFusion(DIMS, 4, 2), DIMS)

@@ -178,8 +178,10 @@ def test_errors() -> None:
         f(toks, {"text": torch.ones(2, 4, dtype=torch.bool)})
     with pytest.raises(TypeError, match=r"CrossAttentionFusion: expected `masks` to be a mapping"):
         f(toks, torch.ones(2, 3, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"expected `out_dim` divisible by `num_heads`=3, got 8"):
+    with pytest.raises(ValueError, match=r"expected `num_heads` to divide out_dim=8, got 3"):
         CrossAttentionFusion(DIMS, 8, num_heads=3, depth=1)
+    with pytest.raises(ValueError, match=r"CrossAttentionFusion: expected `dropout` in \[0, 1\)"):
+        CrossAttentionFusion(DIMS, 8, num_heads=2, depth=1, dropout=1.0)
     with pytest.raises(ValueError, match=r"expected `dims` to name at least two modalities"):
         CrossAttentionFusion({"video": 3}, 8, num_heads=2, depth=1)
 

@@ -5,27 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fusion._reference import (
+    assert_all_present_fast_path_equals_presence_path,
+    random_features,
+    randomise,
+)
 from mmfuse.functional import film
 from mmfuse.fusion import FiLMFusion
 
 DIMS = {"image": 5, "text": 3, "audio": 4}
 
 
-def inputs(batch: int, dtype=torch.float64, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    return {m: torch.randn(batch, d, generator=g, dtype=dtype) for m, d in DIMS.items()}
-
-
-def randomise(f: FiLMFusion) -> None:
-    with torch.no_grad():
-        for p in f.parameters():
-            p.normal_()
-
-
 def test_starts_as_projection_of_target() -> None:
     torch.manual_seed(0)
     f = FiLMFusion(DIMS, 6, target="text")
-    x = inputs(4, torch.float32)
+    x = random_features(DIMS, 4, torch.float32)
     torch.testing.assert_close(f(x), f.proj(x["text"]))
 
 
@@ -33,7 +27,7 @@ def test_modulation_formula_and_absence() -> None:
     torch.manual_seed(1)
     f = FiLMFusion(DIMS, 6, target="image", dtype=torch.float64)
     randomise(f)
-    x = inputs(4)
+    x = random_features(DIMS, 4)
     present = {
         "image": torch.tensor([True, False, True, False]),
         "audio": torch.tensor([True, True, False, False]),
@@ -62,7 +56,7 @@ def test_gradcheck_float64() -> None:
     f = FiLMFusion(DIMS, 3, dtype=torch.float64)
     randomise(f)
     names = list(DIMS)
-    xs = tuple(v.requires_grad_() for v in inputs(2).values())
+    xs = tuple(v.requires_grad_() for v in random_features(DIMS, 2).values())
     present = {"text": torch.tensor([False, True])}
     assert torch.autograd.gradcheck(lambda *a: f(dict(zip(names, a)), present), xs)
     g = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
@@ -79,12 +73,5 @@ def test_errors() -> None:
 
 
 def test_all_present_fast_path_equals_presence_path() -> None:
-    """``present=None`` skips the presence masking; all-True presence must give the same."""
     torch.manual_seed(5)
-    f = FiLMFusion(DIMS, 4)
-    with torch.no_grad():
-        for p in f.parameters():
-            p.normal_()
-    x = inputs(3, torch.float32)
-    ones = {m: torch.ones(3, dtype=torch.bool) for m in DIMS}
-    torch.testing.assert_close(f(x), f(x, ones))
+    assert_all_present_fast_path_equals_presence_path(FiLMFusion(DIMS, 4), DIMS)

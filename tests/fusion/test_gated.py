@@ -7,20 +7,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fusion._reference import (
+    assert_all_present_fast_path_equals_presence_path,
+    random_features,
+    randomise,
+)
 from mmfuse.fusion import GatedFusion
 
 DIMS = {"image": 5, "text": 3, "audio": 4}
-
-
-def inputs(dims, batch: int, dtype=torch.float64, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    return {m: torch.randn(batch, d, generator=g, dtype=dtype) for m, d in dims.items()}
-
-
-def randomise(f: GatedFusion) -> None:
-    with torch.no_grad():
-        for p in f.parameters():
-            p.normal_()
 
 
 def test_two_modalities_is_arevalo_gmu() -> None:
@@ -28,7 +22,7 @@ def test_two_modalities_is_arevalo_gmu() -> None:
     torch.manual_seed(0)
     dims = {"visual": 4, "textual": 3}
     f = GatedFusion(dims, 5, dtype=torch.float64)
-    x = inputs(dims, 6)
+    x = random_features(dims, 6)
     hv = torch.tanh(f.proj["visual"](x["visual"]))
     ht = torch.tanh(f.proj["textual"](x["textual"]))
     g = f.gate(torch.cat([x["visual"], x["textual"]], -1))
@@ -60,7 +54,7 @@ def test_matches_loop_reference_with_absent_modalities() -> None:
     torch.manual_seed(1)
     f = GatedFusion(DIMS, 4, dtype=torch.float64)
     randomise(f)
-    feats = inputs(DIMS, 5)
+    feats = random_features(DIMS, 5)
     present = {
         "image": torch.tensor([1, 0, 1, 1, 0], dtype=torch.bool),
         "text": torch.tensor([1, 1, 0, 1, 0], dtype=torch.bool),
@@ -78,7 +72,7 @@ def test_output_in_tanh_range_and_absent_values_unused(pattern, seed: int) -> No
     f = GatedFusion(DIMS, 4)
     obs = torch.tensor(pattern, dtype=torch.bool)
     present = {m: obs[:, j] for j, m in enumerate(DIMS)}
-    feats = inputs(DIMS, 4, torch.float32, seed)
+    feats = random_features(DIMS, 4, torch.float32, seed)
     poisoned = {m: x.where(present[m][:, None], torch.tensor(float("nan"))) for m, x in feats.items()}
     out = f(poisoned, present)
     torch.testing.assert_close(out, f(feats, present))
@@ -92,7 +86,7 @@ def test_gradcheck_float64() -> None:
     f = GatedFusion(DIMS, 3, dtype=torch.float64)
     randomise(f)
     names = list(DIMS)
-    xs = tuple(x.requires_grad_() for x in inputs(DIMS, 2).values())
+    xs = tuple(x.requires_grad_() for x in random_features(DIMS, 2).values())
     present = {"audio": torch.tensor([False, True])}
     assert torch.autograd.gradcheck(lambda *a: f(dict(zip(names, a)), present), xs)
 
@@ -105,12 +99,5 @@ def test_errors() -> None:
 
 
 def test_all_present_fast_path_equals_presence_path() -> None:
-    """``present=None`` skips the presence masking; all-True presence must give the same."""
     torch.manual_seed(5)
-    f = GatedFusion(DIMS, 4)
-    with torch.no_grad():
-        for p in f.parameters():
-            p.normal_()
-    x = inputs(DIMS, 3, torch.float32)
-    ones = {m: torch.ones(3, dtype=torch.bool) for m in DIMS}
-    torch.testing.assert_close(f(x), f(x, ones))
+    assert_all_present_fast_path_equals_presence_path(GatedFusion(DIMS, 4), DIMS)

@@ -9,14 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fusion._reference import assert_all_present_fast_path_equals_presence_path, random_features
 from mmfuse.fusion import LowRankTensorFusion, TensorFusion
 
 DIMS = {"image": 3, "text": 2, "audio": 4}
-
-
-def inputs(dims, batch: int, dtype=torch.float64, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    return {m: torch.randn(batch, d, generator=g, dtype=dtype) for m, d in dims.items()}
 
 
 def equivalent_tensor_fusion(lr: LowRankTensorFusion) -> TensorFusion:
@@ -39,7 +35,7 @@ def test_equals_tensor_fusion_with_equivalent_full_weight(dims) -> None:
     with torch.no_grad():
         lr.bias.normal_()
     tf = equivalent_tensor_fusion(lr)
-    x = inputs(dims, 6)
+    x = random_features(dims, 6)
     first = next(iter(dims))
     present = {first: torch.tensor([True, False, True, False, True, True])}
     with torch.no_grad():
@@ -54,7 +50,7 @@ def test_equivalence_property(sizes: list[int], rank: int, seed: int) -> None:
     torch.manual_seed(seed)
     dims = {f"m{j}": d for j, d in enumerate(sizes)}
     lr = LowRankTensorFusion(dims, 3, rank, dtype=torch.float64)
-    x = inputs(dims, 2, seed=seed)
+    x = random_features(dims, 2, seed=seed)
     with torch.no_grad():
         torch.testing.assert_close(lr(x), equivalent_tensor_fusion(lr)(x))
 
@@ -72,7 +68,7 @@ def test_every_factor_is_a_registered_parameter() -> None:
     lr = LowRankTensorFusion(DIMS, 5, 3)
     before = {m: lr.factors[m].detach().clone() for m in DIMS}
     opt = torch.optim.SGD(lr.parameters(), lr=0.1)
-    lr(inputs(DIMS, 4, torch.float32)).pow(2).sum().backward()
+    lr(random_features(DIMS, 4, torch.float32)).pow(2).sum().backward()
     opt.step()
     for m in DIMS:
         assert not torch.equal(before[m], lr.factors[m].detach()), m
@@ -82,14 +78,14 @@ def test_every_factor_is_a_registered_parameter() -> None:
     buf.seek(0)
     other = LowRankTensorFusion(DIMS, 5, 3)
     other.load_state_dict(torch.load(buf, weights_only=True))
-    x = inputs(DIMS, 2, torch.float32)
+    x = random_features(DIMS, 2, torch.float32)
     torch.testing.assert_close(other(x), lr(x))
 
 
 def test_gradcheck_float64_inputs_and_factors() -> None:
     torch.manual_seed(1)
     lr = LowRankTensorFusion({"a": 2, "b": 3}, 2, 2, dtype=torch.float64)
-    xs = tuple(v.requires_grad_() for v in inputs({"a": 2, "b": 3}, 2).values())
+    xs = tuple(v.requires_grad_() for v in random_features({"a": 2, "b": 3}, 2).values())
     assert torch.autograd.gradcheck(lambda a, b: lr({"a": a, "b": b}), xs)
     from mmfuse.functional import low_rank_tensor_fusion
 
@@ -110,12 +106,5 @@ def test_errors() -> None:
 
 
 def test_all_present_fast_path_equals_presence_path() -> None:
-    """``present=None`` skips the presence masking; all-True presence must give the same."""
     torch.manual_seed(5)
-    f = LowRankTensorFusion(DIMS, 4, 2)
-    with torch.no_grad():
-        for p in f.parameters():
-            p.normal_()
-    x = inputs(DIMS, 3, torch.float32)
-    ones = {m: torch.ones(3, dtype=torch.bool) for m in DIMS}
-    torch.testing.assert_close(f(x), f(x, ones))
+    assert_all_present_fast_path_equals_presence_path(LowRankTensorFusion(DIMS, 4, 2), DIMS)

@@ -124,7 +124,7 @@ def test_compiles_in_eval() -> None:
 def test_errors() -> None:
     with pytest.raises(ValueError, match=r"ModalityDropout: expected `p` in \[0, 1\], got 1.5"):
         ModalityDropout(1.5)
-    with pytest.raises(ValueError, match=r"ModalityDropout: expected `p` to be a non-negative"):
+    with pytest.raises(ValueError, match=r"ModalityDropout: expected `p` in \[0, 1\], got -0\.1\."):
         ModalityDropout(-0.1)
     with pytest.raises(ValueError, match=r"expected `min_present` to be a non-negative int"):
         ModalityDropout(0.5, min_present=-1)

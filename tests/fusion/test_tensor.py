@@ -9,15 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fusion._reference import assert_all_present_fast_path_equals_presence_path, random_features
 from mmfuse.functional import tensor_fusion
 from mmfuse.fusion import TensorFusion
 
 DIMS = {"image": 3, "text": 2, "audio": 4}
-
-
-def inputs(dims, batch: int, dtype=torch.float64, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    return {m: torch.randn(batch, d, generator=g, dtype=dtype) for m, d in dims.items()}
 
 
 def outer_loop(vectors: list[list[float]]) -> list[float]:
@@ -32,7 +28,7 @@ def outer_loop(vectors: list[list[float]]) -> list[float]:
 
 
 def test_functional_is_explicit_outer_product() -> None:
-    x = inputs(DIMS, 3)
+    x = random_features(DIMS, 3)
     got = tensor_fusion([x[m] for m in DIMS])
     for b in range(3):
         want = outer_loop([[1.0, *x[m][b].tolist()] for m in DIMS])
@@ -42,7 +38,7 @@ def test_functional_is_explicit_outer_product() -> None:
 def test_module_matches_loop_with_absent_as_one_then_zeros() -> None:
     torch.manual_seed(0)
     f = TensorFusion(DIMS, 5, dtype=torch.float64)
-    x = inputs(DIMS, 4)
+    x = random_features(DIMS, 4)
     present = {"text": torch.tensor([True, False, True, False]),
                "audio": torch.tensor([True, True, False, False])}
     got = f({m: x[m] for m in ("image", "text", "audio")}, present)
@@ -77,7 +73,7 @@ def test_gradcheck_float64() -> None:
     torch.manual_seed(1)
     f = TensorFusion(DIMS, 2, dtype=torch.float64)
     names = list(DIMS)
-    xs = tuple(v.requires_grad_() for v in inputs(DIMS, 2).values())
+    xs = tuple(v.requires_grad_() for v in random_features(DIMS, 2).values())
     assert torch.autograd.gradcheck(lambda *a: f(dict(zip(names, a))), xs)
 
 
@@ -85,7 +81,7 @@ def test_gradcheck_float64() -> None:
 @given(sizes=st.lists(st.integers(1, 4), min_size=1, max_size=3), batch=st.integers(1, 3))
 def test_fused_size_and_unimodal_terms(sizes: list[int], batch: int) -> None:
     dims = {f"m{j}": d for j, d in enumerate(sizes)}
-    x = inputs(dims, batch)
+    x = random_features(dims, batch)
     z = tensor_fusion([x[m] for m in dims])
     total = 1
     for d in sizes:
@@ -97,12 +93,5 @@ def test_fused_size_and_unimodal_terms(sizes: list[int], batch: int) -> None:
 
 
 def test_all_present_fast_path_equals_presence_path() -> None:
-    """``present=None`` skips the presence masking; all-True presence must give the same."""
     torch.manual_seed(5)
-    f = TensorFusion(DIMS, 4)
-    with torch.no_grad():
-        for p in f.parameters():
-            p.normal_()
-    x = inputs(DIMS, 3, torch.float32)
-    ones = {m: torch.ones(3, dtype=torch.bool) for m in DIMS}
-    torch.testing.assert_close(f(x), f(x, ones))
+    assert_all_present_fast_path_equals_presence_path(TensorFusion(DIMS, 4), DIMS)

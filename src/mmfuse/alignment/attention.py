@@ -10,8 +10,10 @@ from torch import Tensor, nn
 
 from .._checks import (
     check_choice,
+    check_heads,
     check_mask,
     check_positive,
+    check_probability,
     check_same_device,
     check_tensor,
     format_shape,
@@ -44,6 +46,24 @@ class _Inputs(NamedTuple):
     batched: bool
 
 
+def _check_maybe_batched(
+    x: object, layout: str, *, owner: object, arg: str, **sizes: int
+) -> tuple[dict[str, int], bool]:
+    """Check ``x`` against ``"B " + layout`` or, unbatched, ``layout``; return its named sizes
+    and whether it is batched."""
+    names = layout.split()
+    if isinstance(x, Tensor) and x.dim() not in (len(names), len(names) + 1):
+        fixed = ", ".join(f"{k}={v}" for k, v in sizes.items() if k in names)
+        raise ShapeError(
+            f"{owner_name(owner)}: expected `{arg}` of shape (B, {', '.join(names)}) or "
+            f"({', '.join(names)}){' with ' + fixed if fixed else ''}, got {format_shape(x.shape)}."
+        )
+    batched = not isinstance(x, Tensor) or x.dim() == len(names) + 1
+    bound = check_tensor(x, ("B " if batched else "") + layout, owner=owner, arg=arg,
+                         **cast(Any, sizes))
+    return bound, batched
+
+
 def _check_video_text(
     owner: object,
     video: Any,
@@ -55,14 +75,9 @@ def _check_video_text(
     dim: int,
 ) -> _Inputs:
     """Validate the spatio-temporal modules' inputs; return them batched, masks expanded."""
-    if isinstance(video, Tensor) and video.dim() not in (4, 5):
-        raise ShapeError(
-            f"{owner_name(owner)}: expected `video` of shape (B, T, H, W, Dv) or (T, H, W, Dv) "
-            f"with Dv={video_dim}, got {format_shape(video.shape)}."
-        )
-    batched = not isinstance(video, Tensor) or video.dim() == 5
+    sizes, batched = _check_maybe_batched(video, "T H W Dv", owner=owner, arg="video",
+                                          Dv=video_dim)
     lead = "B " if batched else ""
-    sizes = check_tensor(video, lead + "T H W Dv", owner=owner, arg="video", Dv=video_dim)
     batch = {"B": sizes["B"]} if batched else {}
     check_tensor(text, lead + "L D", owner=owner, arg="text", **cast(Any, batch), D=dim)
     check_same_device({"video": video, "text": text}, owner=owner)
@@ -75,7 +90,7 @@ def _check_video_text(
                **batch, T=t, H=h, W=w)
     check_mask(text_mask, owner=owner, arg="text_mask", layout=lead + "L", device=video.device,
                **batch, L=text.shape[-2])
-    if not batched:
+    if not batched:  # add a batch of one: (1, T, H, W, Dv), (1, L, D), masks likewise
         video, text = video[None], text[None]
         video_mask = None if video_mask is None else video_mask[None]
         text_mask = None if text_mask is None else text_mask[None]
@@ -146,7 +161,124 @@ class _PositionalEncoding3d(nn.Module):
         return f"{self.kind!r}, dim={self.dim}, max_grid={self.max_grid}"
 
 
-class SpatioTemporalAttention(nn.Module):
+class _VideoTextAttention(nn.Module):
+    """What the text-over-video attention modules share (private base).
+
+    The configuration checks and attributes, the positional encoding, the input checks and the
+    output's last steps (output projection, zeroed invalid rows, unbatching, maps). A subclass
+    creates its projections (then ``self.pos = self._positional_encoding(...)``) and
+    implements :meth:`_attend`.
+    """
+
+    pos: _PositionalEncoding3d | None
+    out_proj: nn.Linear
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        video_dim: int | None,
+        dropout: float,
+        pos_encoding: str | None,
+    ) -> None:
+        super().__init__()
+        check_heads(dim, num_heads, owner=self)
+        if video_dim is not None:
+            check_positive(video_dim, owner=self, arg="video_dim")
+        check_probability(dropout, owner=self, arg="dropout")
+        if pos_encoding is not None:
+            check_choice(pos_encoding, ("learned", "sinusoidal"), owner=self, arg="pos_encoding")
+        self.dim, self.num_heads = int(dim), int(num_heads)
+        self.video_dim = int(dim if video_dim is None else video_dim)
+        self.head_dim = self.dim // self.num_heads
+        self.dropout = float(dropout)
+        self._warned_slow_path = False
+
+    def _positional_encoding(
+        self, kind: str | None, max_grid: tuple[int, int, int], dd: dict[str, Any]
+    ) -> _PositionalEncoding3d | None:
+        return None if kind is None else _PositionalEncoding3d(
+            kind, self.video_dim, max_grid=max_grid, **dd
+        )
+
+    def _reset_projections(self, *layers: nn.Linear) -> None:
+        for lin in layers:
+            nn.init.xavier_uniform_(lin.weight)
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+        if self.pos is not None:
+            self.pos.reset_parameters()
+
+    def _heads(self, x: Tensor) -> Tensor:  # (B, ..., D) -> (B, h, ..., d)
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).movedim(-2, 1)
+
+    def _dropout_p(self, device: torch.device, *, fused: bool) -> float:
+        """The attention dropout to apply; warns once (eager only) where, on the CPU, dropout
+        rules out the fused kernel that would otherwise run (``fused``)."""
+        p = self.dropout if self.training else 0.0
+        if (p > 0 and device.type == "cpu" and fused and not self._warned_slow_path
+                and not torch.compiler.is_compiling()):  # warnings do not trace: eager only
+            self._warned_slow_path = True
+            warnings.warn(
+                f"{owner_name(self)}: attention dropout={p} in training rules out the fused "
+                "flash-attention kernel on the CPU; PyTorch falls back to the slower math "
+                "path (dropout=0 keeps the fused kernel).",
+                stacklevel=4,
+            )
+        return p
+
+    def _attend(
+        self, tokens: Tensor, x: _Inputs, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """The attention core: ``tokens`` (B, T, H, W, Dv), positions added, to the heads'
+        outputs (B, heads, L, d) and, with ``need_weights``, maps (B, heads, L, T, H, W)."""
+        raise NotImplementedError
+
+    @overload
+    def forward(self, video: Tensor, text: Tensor, *, video_mask: Tensor | None = ...,
+                text_mask: Tensor | None = ..., return_attention: Literal[False] = ...) -> Tensor:
+        ...
+
+    @overload
+    def forward(self, video: Tensor, text: Tensor, *, video_mask: Tensor | None = ...,
+                text_mask: Tensor | None = ..., return_attention: Literal[True]
+                ) -> AttentionOutput:
+        ...
+
+    def forward(
+        self,
+        video: Tensor,
+        text: Tensor,
+        *,
+        video_mask: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        return_attention: bool = False,
+    ) -> Tensor | AttentionOutput:
+        x = _check_video_text(self, video, text, video_mask, text_mask,
+                             video_dim=self.video_dim, dim=self.dim)
+        _, t, h, w, _ = x.video.shape
+        tokens = x.video
+        if self.pos is not None:
+            tokens = tokens + self.pos(t, h, w, tokens, owner=self)  # (B, T, H, W, Dv)
+        out, maps = self._attend(tokens, x, return_attention)  # (B, h, L, d)
+        out = self.out_proj(out.transpose(1, 2).flatten(2))  # (B, L, D)
+        out = _zero_invalid(out, x.key_mask, x.text_mask)
+        if not x.batched:
+            out = out[0]
+        if not return_attention:
+            return out
+        maps = cast(Tensor, maps)  # (B, heads, L, T, H, W): need_weights was True
+        return AttentionOutput(out, maps if x.batched else maps[0])
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, num_heads={self.num_heads}, video_dim={self.video_dim}, "
+            f"dropout={self.dropout}"
+        )
+
+
+class SpatioTemporalAttention(_VideoTextAttention):
     """Text tokens attend over all T x H x W video tokens (multi-head cross-attention).
 
     The source document's module, corrected: each of the L text tokens is a query over the
@@ -199,85 +331,23 @@ class SpatioTemporalAttention(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(dim, num_heads, video_dim=video_dim, dropout=dropout,
+                         pos_encoding=pos_encoding)
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        check_positive(dim, owner=self, arg="dim")
-        check_positive(num_heads, owner=self, arg="num_heads")
-        if dim % num_heads:
-            raise ValueError(
-                f"{owner_name(self)}: expected `num_heads` to divide dim={dim}, got {num_heads}."
-            )
-        if video_dim is not None:
-            check_positive(video_dim, owner=self, arg="video_dim")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"{owner_name(self)}: expected `dropout` in [0, 1), got {dropout!r}.")
-        if pos_encoding is not None:
-            check_choice(pos_encoding, ("learned", "sinusoidal"), owner=self, arg="pos_encoding")
-        self.dim, self.num_heads = int(dim), int(num_heads)
-        self.video_dim = int(dim if video_dim is None else video_dim)
-        self.head_dim = self.dim // self.num_heads
-        self.dropout = float(dropout)
         self.q_proj = nn.Linear(self.dim, self.dim, bias=bias, **dd)
         self.k_proj = nn.Linear(self.video_dim, self.dim, bias=bias, **dd)
         self.v_proj = nn.Linear(self.video_dim, self.dim, bias=bias, **dd)
         self.out_proj = nn.Linear(self.dim, self.dim, bias=bias, **dd)
-        self.pos = (
-            None if pos_encoding is None
-            else _PositionalEncoding3d(pos_encoding, self.video_dim, max_grid=max_grid, **dd)
-        )
-        self._warned_slow_path = False
+        self.pos = self._positional_encoding(pos_encoding, max_grid, dd)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for lin in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
-            nn.init.xavier_uniform_(lin.weight)
-            if lin.bias is not None:
-                nn.init.zeros_(lin.bias)
-        if self.pos is not None:
-            self.pos.reset_parameters()
+        self._reset_projections(self.q_proj, self.k_proj, self.v_proj, self.out_proj)
 
-    def _heads(self, x: Tensor) -> Tensor:  # (B, N, D) -> (B, h, N, d)
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
-
-    def _dropout_p(self, device: torch.device, need_weights: bool) -> float:
-        p = self.dropout if self.training else 0.0
-        if (p > 0 and device.type == "cpu" and not need_weights and not self._warned_slow_path
-                and not torch.compiler.is_compiling()):  # warnings do not trace: eager only
-            self._warned_slow_path = True
-            warnings.warn(
-                f"{owner_name(self)}: attention dropout={p} in training rules out the fused "
-                "flash-attention kernel on the CPU; PyTorch falls back to the slower math "
-                "path (dropout=0 keeps the fused kernel).",
-                stacklevel=3,
-            )
-        return p
-
-    @overload
-    def forward(self, video: Tensor, text: Tensor, *, video_mask: Tensor | None = ...,
-                text_mask: Tensor | None = ..., return_attention: Literal[False] = ...) -> Tensor:
-        ...
-
-    @overload
-    def forward(self, video: Tensor, text: Tensor, *, video_mask: Tensor | None = ...,
-                text_mask: Tensor | None = ..., return_attention: Literal[True]
-                ) -> AttentionOutput:
-        ...
-
-    def forward(
-        self,
-        video: Tensor,
-        text: Tensor,
-        *,
-        video_mask: Tensor | None = None,
-        text_mask: Tensor | None = None,
-        return_attention: bool = False,
-    ) -> Tensor | AttentionOutput:
-        x = _check_video_text(self, video, text, video_mask, text_mask,
-                             video_dim=self.video_dim, dim=self.dim)
-        b, t, h, w, _ = x.video.shape
-        tokens = x.video
-        if self.pos is not None:
-            tokens = tokens + self.pos(t, h, w, tokens, owner=self)  # (B, T, H, W, Dv)
+    def _attend(
+        self, tokens: Tensor, x: _Inputs, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        b, t, h, w, _ = tokens.shape
         tokens = tokens.reshape(b, t * h * w, self.video_dim)  # (B, N, Dv)
         q = self._heads(self.q_proj(x.text))  # (B, h, L, d)
         k = self._heads(self.k_proj(tokens))  # (B, h, N, d)
@@ -285,22 +355,10 @@ class SpatioTemporalAttention(nn.Module):
         key_mask = None if x.key_mask is None else x.key_mask.reshape(b, t * h * w)  # (B, N)
         out, maps = masked_attention(
             q, k, v, key_mask, x.text_mask,
-            dropout_p=self._dropout_p(q.device, return_attention), need_weights=return_attention,
-        )  # (B, h, L, d)
-        out = self.out_proj(out.transpose(1, 2).flatten(2))  # (B, L, D)
-        out = _zero_invalid(out, key_mask, x.text_mask)
-        if not x.batched:
-            out = out[0]
-        if not return_attention:
-            return out
-        maps = cast(Tensor, maps).unflatten(-1, (t, h, w))  # (B, heads, L, T, H, W)
-        return AttentionOutput(out, maps if x.batched else maps[0])
-
-    def extra_repr(self) -> str:
-        return (
-            f"dim={self.dim}, num_heads={self.num_heads}, video_dim={self.video_dim}, "
-            f"dropout={self.dropout}"
-        )
+            dropout_p=self._dropout_p(q.device, fused=not need_weights),
+            need_weights=need_weights,
+        )  # (B, h, L, d); maps (B, h, L, N)
+        return out, None if maps is None else maps.unflatten(-1, (t, h, w))  # (B, h, L, T, H, W)
 
 
 def _zero_invalid(out: Tensor, key_mask: Tensor | None, text_mask: Tensor | None) -> Tensor:

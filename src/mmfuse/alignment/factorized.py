@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, Literal, cast, overload
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_positive, owner_name
 from ..functional import divided_attention
-from .attention import AttentionOutput, _check_video_text, _PositionalEncoding3d, _zero_invalid
+from .attention import _Inputs, _VideoTextAttention
 
 __all__ = ["FactorizedSpatioTemporalAttention"]
 
 
-class FactorizedSpatioTemporalAttention(nn.Module):
+class FactorizedSpatioTemporalAttention(_VideoTextAttention):
     """Divided attention of text tokens over a video, time first then space (TimeSformer style).
 
     Stage 1 (time): at each spatial position (h, w), every text token attends over the T frames
@@ -75,105 +73,36 @@ class FactorizedSpatioTemporalAttention(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(dim, num_heads, video_dim=video_dim, dropout=dropout,
+                         pos_encoding=pos_encoding)
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        check_positive(dim, owner=self, arg="dim")
-        check_positive(num_heads, owner=self, arg="num_heads")
-        if dim % num_heads:
-            raise ValueError(
-                f"{owner_name(self)}: expected `num_heads` to divide dim={dim}, got {num_heads}."
-            )
-        if video_dim is not None:
-            check_positive(video_dim, owner=self, arg="video_dim")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"{owner_name(self)}: expected `dropout` in [0, 1), got {dropout!r}.")
-        if pos_encoding is not None:
-            check_choice(pos_encoding, ("learned", "sinusoidal"), owner=self, arg="pos_encoding")
-        self.dim, self.num_heads = int(dim), int(num_heads)
-        self.video_dim = int(dim if video_dim is None else video_dim)
-        self.head_dim = self.dim // self.num_heads
-        self.dropout = float(dropout)
         self.q_time = nn.Linear(self.dim, self.dim, bias=bias, **dd)
         self.k_time = nn.Linear(self.video_dim, self.dim, bias=bias, **dd)
         self.q_space = nn.Linear(self.dim, self.dim, bias=bias, **dd)
         self.k_space = nn.Linear(self.video_dim, self.dim, bias=bias, **dd)
         self.v_proj = nn.Linear(self.video_dim, self.dim, bias=bias, **dd)
         self.out_proj = nn.Linear(self.dim, self.dim, bias=bias, **dd)
-        self.pos = (
-            None if pos_encoding is None
-            else _PositionalEncoding3d(pos_encoding, self.video_dim, max_grid=max_grid, **dd)
-        )
-        self._warned_slow_path = False
+        self.pos = self._positional_encoding(pos_encoding, max_grid, dd)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for lin in (self.q_time, self.k_time, self.q_space, self.k_space, self.v_proj,
-                    self.out_proj):
-            nn.init.xavier_uniform_(lin.weight)
-            if lin.bias is not None:
-                nn.init.zeros_(lin.bias)
-        if self.pos is not None:
-            self.pos.reset_parameters()
+        self._reset_projections(self.q_time, self.k_time, self.q_space, self.k_space,
+                                self.v_proj, self.out_proj)
 
-    def _heads(self, x: Tensor) -> Tensor:  # (B, ..., D) -> (B, h, ..., d)
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).movedim(-2, 1)
-
-    @overload
-    def forward(self, video: Tensor, text: Tensor, *, video_mask: Tensor | None = ...,
-                text_mask: Tensor | None = ..., return_attention: Literal[False] = ...) -> Tensor:
-        ...
-
-    @overload
-    def forward(self, video: Tensor, text: Tensor, *, video_mask: Tensor | None = ...,
-                text_mask: Tensor | None = ..., return_attention: Literal[True]
-                ) -> AttentionOutput:
-        ...
-
-    def forward(
-        self,
-        video: Tensor,
-        text: Tensor,
-        *,
-        video_mask: Tensor | None = None,
-        text_mask: Tensor | None = None,
-        return_attention: bool = False,
-    ) -> Tensor | AttentionOutput:
-        x = _check_video_text(self, video, text, video_mask, text_mask,
-                             video_dim=self.video_dim, dim=self.dim)
-        b, t, h, w, _ = x.video.shape
-        tokens = x.video
-        if self.pos is not None:
-            tokens = tokens + self.pos(t, h, w, tokens, owner=self)  # (B, T, H, W, Dv)
+    def _attend(
+        self, tokens: Tensor, x: _Inputs, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        b, t, h, w, _ = tokens.shape
         tokens = tokens.reshape(b, t, h * w, self.video_dim)  # (B, T, P, Dv)
         key_mask = None if x.key_mask is None else x.key_mask.reshape(b, t, h * w)  # (B, T, P)
-        p = self.dropout if self.training else 0.0
-        if (p > 0 and tokens.device.type == "cpu" and not self._warned_slow_path
-                and not torch.compiler.is_compiling()):  # warnings do not trace: eager only
-            self._warned_slow_path = True
-            warnings.warn(
-                f"{owner_name(self)}: attention dropout={p} in training rules out the fused "
-                "flash-attention kernel on the CPU; PyTorch falls back to the slower math path.",
-                stacklevel=2,
-            )
         out, maps = divided_attention(
             self._heads(self.q_time(x.text)),  # (B, h, L, d)
             self._heads(self.k_time(tokens)),  # (B, h, T, P, d)
             self._heads(self.q_space(x.text)),  # (B, h, L, d)
             self._heads(self.k_space(tokens)),  # (B, h, T, P, d)
             self._heads(self.v_proj(tokens)),  # (B, h, T, P, d)
-            key_mask, x.text_mask, dropout_p=p, need_weights=return_attention,
-        )  # (B, h, L, d)
-        out = self.out_proj(out.transpose(1, 2).flatten(2))  # (B, L, D)
-        out = _zero_invalid(out, key_mask, x.text_mask)
-        if not x.batched:
-            out = out[0]
-        if not return_attention:
-            return out
-        maps = cast(Tensor, maps).unflatten(-1, (h, w))  # (B, heads, L, T, H, W)
-        return AttentionOutput(out, maps if x.batched else maps[0])
-
-    def extra_repr(self) -> str:
-        return (
-            f"dim={self.dim}, num_heads={self.num_heads}, video_dim={self.video_dim}, "
-            f"dropout={self.dropout}"
-        )
+            key_mask, x.text_mask,
+            dropout_p=self._dropout_p(tokens.device, fused=True),
+            need_weights=need_weights,
+        )  # (B, h, L, d); maps (B, h, L, T, P)
+        return out, None if maps is None else maps.unflatten(-1, (h, w))  # (B, h, L, T, H, W)

@@ -8,10 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_mask, check_positive, check_tensor, format_shape, owner_name
-from ..errors import ShapeError
+from .._checks import (
+    check_heads,
+    check_mask,
+    check_positive,
+    check_probability,
+    check_tensor,
+    owner_name,
+)
 from ..functional import graph_attention
-from .attention import AttentionOutput
+from .attention import AttentionOutput, _check_maybe_batched
 
 __all__ = ["ModalityGraphAttention"]
 
@@ -90,16 +96,10 @@ class ModalityGraphAttention(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        check_positive(dim, owner=self, arg="dim")
-        check_positive(num_heads, owner=self, arg="num_heads")
+        check_heads(dim, num_heads, owner=self)
         check_positive(num_layers, owner=self, arg="num_layers")
         check_positive(negative_slope, owner=self, arg="negative_slope", allow_zero=True)
-        if dim % num_heads:
-            raise ValueError(
-                f"{owner_name(self)}: expected `num_heads` to divide dim={dim}, got {num_heads}."
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"{owner_name(self)}: expected `dropout` in [0, 1), got {dropout!r}.")
+        check_probability(dropout, owner=self, arg="dropout")
         if adjacency is not None:
             check_tensor(adjacency, "K K", owner=self, arg="adjacency", floating=False,
                          **({} if num_nodes is None else {"K": num_nodes}))
@@ -154,16 +154,10 @@ class ModalityGraphAttention(nn.Module):
         adjacency: Tensor | None = None,
         return_attention: bool = False,
     ) -> Tensor | AttentionOutput:
-        if isinstance(nodes, Tensor) and nodes.dim() not in (2, 3):
-            raise ShapeError(
-                f"{owner_name(self)}: expected `nodes` of shape (B, K, D) or (K, D) with "
-                f"D={self.dim}, got {format_shape(nodes.shape)}."
-            )
-        batched = not isinstance(nodes, Tensor) or nodes.dim() == 3
-        lead = "B " if batched else ""
         fixed = {} if self.num_nodes is None else {"K": self.num_nodes}
-        sizes = check_tensor(nodes, lead + "K D", owner=self, arg="nodes", **cast(Any, fixed),
-                             D=self.dim)
+        sizes, batched = _check_maybe_batched(nodes, "K D", owner=self, arg="nodes",
+                                              **cast(Any, fixed), D=self.dim)
+        lead = "B " if batched else ""
         batch = {"B": sizes["B"]} if batched else {}
         k = sizes["K"]
         check_mask(node_mask, owner=self, arg="node_mask", layout=lead + "K", device=nodes.device,

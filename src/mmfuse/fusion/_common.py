@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from torch import Tensor
 
-from .._checks import check_features, check_presence, presence_matrix
+from .._checks import check_dims, check_features, check_positive, check_presence, presence_matrix
 from ..functional import fill_absent
 
 __all__: list[str] = []
@@ -25,6 +25,19 @@ class Observed(NamedTuple):
     def all_given(self) -> bool:
         """Every modality observed for every sample, known without reading ``observed``."""
         return all(self.given)
+
+    @property
+    def mask(self) -> Tensor | None:
+        """``observed``, or None where every modality is observed for every sample (the
+        functional ops then skip their presence masking)."""
+        return None if self.all_given else self.observed
+
+
+def check_config(owner: object, dims: object, out_dim: object) -> tuple[dict[str, int], int]:
+    """Validate a feature-level constructor's ``dims`` and ``out_dim``; return them as stored."""
+    checked = check_dims(dims, owner=owner)
+    check_positive(out_dim, owner=owner, arg="out_dim")
+    return checked, int(cast(int, out_dim))
 
 
 def observe(
@@ -60,3 +73,15 @@ def zero_filled(
             out.append(obs.ref.new_zeros(obs.batch, d))
     return out
 
+
+
+def observe_zero_filled(
+    owner: object,
+    dims: Mapping[str, int],
+    features: Mapping[str, Tensor],
+    present: Mapping[str, Tensor] | None,
+) -> tuple[Observed, list[Tensor]]:
+    """:func:`observe`, then :func:`zero_filled`: the presence and each modality's (B, D_m)
+    features in the declared order, zero where unobserved."""
+    obs = observe(owner, dims, features, present)
+    return obs, zero_filled(dims, features, obs)

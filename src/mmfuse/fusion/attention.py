@@ -8,9 +8,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_dims, check_positive
+from .._checks import check_positive
 from ..functional import attention_fusion
-from ._common import observe, zero_filled
+from ._common import check_config, observe_zero_filled
 
 __all__ = ["AttentionFusion", "AttentionFusionOutput"]
 
@@ -69,11 +69,9 @@ class AttentionFusion(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.dims = check_dims(dims, owner=self)
-        check_positive(out_dim, owner=self, arg="out_dim")
+        self.dims, self.out_dim = check_config(self, dims, out_dim)
         if hidden is not None:
             check_positive(hidden, owner=self, arg="hidden")
-        self.out_dim = int(out_dim)
         self.hidden = hidden
         self.proj = nn.ModuleDict({m: nn.Linear(d, out_dim, **dd) for m, d in self.dims.items()})
         if hidden is None:
@@ -100,12 +98,11 @@ class AttentionFusion(nn.Module):
         *,
         return_weights: bool = False,
     ) -> Tensor | AttentionFusionOutput:
-        obs = observe(self, self.dims, features, present)
-        zs = zero_filled(self.dims, features, obs)
+        obs, zs = observe_zero_filled(self, self.dims, features, present)
         values = torch.stack([self.proj[m](z) for m, z in zip(self.dims, zs)], dim=1)  # (B, M, D)
         scores = self.score(values).squeeze(-1)  # (B, M)
         fused, weights = attention_fusion(
-            values, scores, None if obs.all_given else obs.observed, self.missing
+            values, scores, obs.mask, self.missing
         )
         if return_weights:
             return AttentionFusionOutput(fused, weights)

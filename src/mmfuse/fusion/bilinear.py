@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_dims, check_positive
+from .._checks import check_positive, check_probability
 from ..functional import bilinear_pool
-from ._common import observe, zero_filled
+from ._common import check_config, observe_zero_filled
 
 __all__ = ["BilinearFusion"]
 
@@ -40,8 +40,11 @@ class BilinearFusion(nn.Module):
 
     Example:
         >>> f = BilinearFusion({"image": 8, "text": 4}, out_dim=6, rank=3)
-        >>> f({"image": torch.randn(2, 8), "text": torch.randn(2, 4)}).shape
+        >>> out = f({"image": torch.randn(2, 8), "text": torch.randn(2, 4)})
+        >>> out.shape
         torch.Size([2, 6])
+        >>> torch.allclose(out.norm(dim=-1), torch.ones(2))
+        True
     """
 
     def __init__(
@@ -57,14 +60,10 @@ class BilinearFusion(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.dims = check_dims(dims, owner=self)
-        check_positive(out_dim, owner=self, arg="out_dim")
+        self.dims, self.out_dim = check_config(self, dims, out_dim)
         check_positive(rank, owner=self, arg="rank")
-        check_positive(dropout, owner=self, arg="dropout", allow_zero=True)
+        check_probability(dropout, owner=self, arg="dropout")
         check_positive(eps, owner=self, arg="eps")
-        if dropout >= 1:
-            raise ValueError(f"BilinearFusion: expected `dropout` in [0, 1), got {dropout!r}.")
-        self.out_dim = int(out_dim)
         self.rank = int(rank)
         self.eps = float(eps)
         self.proj = nn.ModuleDict(
@@ -80,13 +79,12 @@ class BilinearFusion(nn.Module):
     def forward(
         self, features: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None
     ) -> Tensor:
-        obs = observe(self, self.dims, features, present)
-        zs = zero_filled(self.dims, features, obs)
+        obs, zs = observe_zero_filled(self, self.dims, features, present)
         projections = [self.proj[m](z) for m, z in zip(self.dims, zs)]  # (B, D * R) each
         return bilinear_pool(
-            projections, None if obs.all_given else obs.observed, self.rank, eps=self.eps, dropout_p=self.dropout,
+            projections, obs.mask, self.rank, eps=self.eps, dropout_p=self.dropout,
             training=self.training,
-        )
+        )  # (B, D)
 
     def extra_repr(self) -> str:
         return (

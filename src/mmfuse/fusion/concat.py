@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_dims, check_features, check_positive, check_presence, presence_matrix
+from .._checks import check_dims, check_positive
 from ..functional import fill_absent
+from ._common import observe
 
 __all__ = ["ConcatFusion"]
 
@@ -64,15 +65,13 @@ class ConcatFusion(nn.Module):
     def forward(
         self, features: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None
     ) -> Tensor:
-        batch = check_features(features, self.dims, owner=self, allow_missing=True)
-        ref = next(features[m] for m in self.dims if m in features)
-        check_presence(present, self.dims, batch, owner=self, device=ref.device)
-        observed = presence_matrix(features, present, list(self.dims), batch, ref.device)  # (B, M)
+        obs = observe(self, self.dims, features, present)
         parts = []
         for j, (m, d) in enumerate(self.dims.items()):
             fill = self.missing[m]
-            x = features[m] if m in features else fill.to(ref.dtype).expand(batch, d)
-            parts.append(fill_absent(x, observed[:, j], fill))
+            x = features[m] if m in features else fill.to(obs.ref.dtype).expand(obs.batch, d)
+            # x: (B, D_m)
+            parts.append(fill_absent(x, obs.observed[:, j], fill))  # (B, D_m)
         z = torch.cat(parts, dim=-1)  # (B, sum D_m)
         return z if self.proj is None else self.proj(z)
 

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_dims, check_mask, check_positive
+from .._checks import check_heads, check_mask, check_positive, check_probability
 from ..errors import ModalityError
 from ..functional import masked_cross_attention, masked_mean
-from ._common import observe
+from ._common import check_config, observe
 
 __all__ = ["CrossAttentionFusion", "CrossAttentionFusionOutput"]
 
@@ -53,9 +53,10 @@ class _CrossBlock(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
         p = self.dropout if self.training else 0.0
         if context is not None and context_mask is not None:
-            q = self.q(self.norm_q(x)).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
-            # q: (B, H, Nq, d)
+            q = self.q(self.norm_q(x)).unflatten(-1, (self.num_heads, -1))  # (B, Nq, H, d)
+            q = q.transpose(1, 2)  # (B, H, Nq, d)
             kv = self.kv(self.norm_kv(context)).unflatten(-1, (2, self.num_heads, -1))
+            # kv: (B, Nk, 2, H, d)
             k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, Nk, d) each
             a = masked_cross_attention(q, k, v, context_mask, dropout_p=p)  # (B, H, Nq, d)
             a = self.out(a.transpose(1, 2).flatten(2))  # (B, Nq, D)
@@ -121,25 +122,15 @@ class CrossAttentionFusion(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.dims = check_dims(dims, owner=self)
+        self.dims, self.out_dim = check_config(self, dims, out_dim)
         if len(self.dims) < 2:
             raise ValueError(
                 f"CrossAttentionFusion: expected `dims` to name at least two modalities, "
                 f"got {list(self.dims)}."
             )
-        for arg, value in (("out_dim", out_dim), ("num_heads", num_heads), ("depth", depth)):
-            check_positive(value, owner=self, arg=arg)
-        check_positive(dropout, owner=self, arg="dropout", allow_zero=True)
-        if dropout >= 1:
-            raise ValueError(
-                f"CrossAttentionFusion: expected `dropout` in [0, 1), got {dropout!r}."
-            )
-        if out_dim % num_heads:
-            raise ValueError(
-                f"CrossAttentionFusion: expected `out_dim` divisible by `num_heads`={num_heads}, "
-                f"got {out_dim}."
-            )
-        self.out_dim = int(out_dim)
+        check_heads(out_dim, num_heads, owner=self, arg="out_dim")
+        check_positive(depth, owner=self, arg="depth")
+        check_probability(dropout, owner=self, arg="dropout")
         self.num_heads = int(num_heads)
         self.depth = int(depth)
         self.dropout = float(dropout)
@@ -211,6 +202,7 @@ class CrossAttentionFusion(nn.Module):
             new: dict[str, Tensor] = {}
             for m in names:
                 others = [n for n in names if n != m]
+                # the other modalities' tokens, one sequence: (B, sum N_n, D) and (B, sum N_n)
                 context = torch.cat([x[n] for n in others], dim=1) if others else None
                 context_mask = torch.cat([keep[n] for n in others], dim=1) if others else None
                 new[m] = blocks[m](x[m], context, context_mask)  # (B, N_m, D)

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_dims, check_positive
+from .._checks import check_choice
 from ..functional import fill_absent, film
-from ._common import observe, zero_filled
+from ._common import check_config, observe_zero_filled
 
 __all__ = ["FiLMFusion"]
 
@@ -29,10 +29,15 @@ class FiLMFusion(nn.Module):
     present others, so at initialisation such a row is ``beta``. A sample with nothing present
     gives ``missing``.
 
+    The signature is ``FiLMFusion(dims, out_dim, *, target=None)``: ``out_dim`` second, like
+    every feature-level fusion module, and ``target`` keyword-only, so
+    ``FiLMFusion(dims, "image", 6)`` is a ``TypeError`` rather than a silent mix-up.
+
     Args:
         dims: Feature size per modality, at least two, e.g. ``{"image": 2048, "text": 768}``.
         out_dim: Output feature size D.
-        target: The modality that is modulated; default the first one in ``dims``.
+        target: Keyword-only. The name of the modality that is modulated, one of ``dims``;
+            None (the default) picks the first one in ``dims``. The others condition it.
 
     Shape:
         - features[m]: (B, D_m); present[m]: (B,) bool, True = observed
@@ -40,8 +45,11 @@ class FiLMFusion(nn.Module):
 
     Example:
         >>> f = FiLMFusion({"image": 8, "text": 4}, out_dim=6, target="image")
-        >>> f({"image": torch.randn(2, 8), "text": torch.randn(2, 4)}).shape
+        >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
+        >>> f(x).shape
         torch.Size([2, 6])
+        >>> torch.allclose(f(x), f.proj(x["image"]))  # fresh: the target's projection
+        True
     """
 
     def __init__(
@@ -55,16 +63,14 @@ class FiLMFusion(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.dims = check_dims(dims, owner=self)
+        self.dims, self.out_dim = check_config(self, dims, out_dim)
         if len(self.dims) < 2:
             raise ValueError(
                 f"FiLMFusion: expected `dims` to name at least two modalities (a target and "
                 f"one to condition on), got {list(self.dims)}."
             )
-        check_positive(out_dim, owner=self, arg="out_dim")
         target = next(iter(self.dims)) if target is None else target
         check_choice(target, list(self.dims), owner=self, arg="target")
-        self.out_dim = int(out_dim)
         self.target = target
         self.proj = nn.Linear(self.dims[target], out_dim, **dd)
         self.cond = nn.ModuleDict(
@@ -83,8 +89,7 @@ class FiLMFusion(nn.Module):
     def forward(
         self, features: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None
     ) -> Tensor:
-        obs = observe(self, self.dims, features, present)
-        zs = zero_filled(self.dims, features, obs)
+        obs, zs = observe_zero_filled(self, self.dims, features, present)
         names = list(self.dims)
         t = names.index(self.target)
         h = self.proj(zs[t])  # (B, D)

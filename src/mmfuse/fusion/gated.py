@@ -8,9 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_dims, check_positive
 from ..functional import fill_absent, gated_fusion
-from ._common import observe, zero_filled
+from ._common import check_config, observe_zero_filled
 
 __all__ = ["GatedFusion"]
 
@@ -39,7 +38,8 @@ class GatedFusion(nn.Module):
 
     Example:
         >>> f = GatedFusion({"image": 8, "text": 4}, out_dim=6)
-        >>> f({"image": torch.randn(2, 8), "text": torch.randn(2, 4)}).shape
+        >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
+        >>> f(x, present={"text": torch.tensor([True, False])}).shape  # row 1: image only
         torch.Size([2, 6])
     """
 
@@ -53,9 +53,7 @@ class GatedFusion(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.dims = check_dims(dims, owner=self)
-        check_positive(out_dim, owner=self, arg="out_dim")
-        self.out_dim = int(out_dim)
+        self.dims, self.out_dim = check_config(self, dims, out_dim)
         self.proj = nn.ModuleDict({m: nn.Linear(d, out_dim, **dd) for m, d in self.dims.items()})
         self.gate = nn.Linear(sum(self.dims.values()), len(self.dims) * out_dim, **dd)
         self.missing = nn.ParameterDict(
@@ -75,8 +73,7 @@ class GatedFusion(nn.Module):
     def forward(
         self, features: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None
     ) -> Tensor:
-        obs = observe(self, self.dims, features, present)
-        zs = zero_filled(self.dims, features, obs)
+        obs, zs = observe_zero_filled(self, self.dims, features, present)
         hidden = torch.stack(
             [torch.tanh(self.proj[m](z)) for m, z in zip(self.dims, zs)], dim=1
         )  # (B, M, D)
@@ -86,7 +83,7 @@ class GatedFusion(nn.Module):
             dim=-1,
         )  # (B, sum D_m)
         logits = self.gate(gate_in).unflatten(-1, (len(self.dims), self.out_dim))  # (B, M, D)
-        return gated_fusion(hidden, logits, None if obs.all_given else obs.observed, self.empty)
+        return gated_fusion(hidden, logits, obs.mask, self.empty)
 
     def extra_repr(self) -> str:
         return f"dims={self.dims}, out_dim={self.out_dim}"

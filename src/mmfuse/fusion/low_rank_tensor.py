@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_dims, check_positive
+from .._checks import check_positive
 from ..functional import low_rank_tensor_fusion
-from ._common import observe, zero_filled
+from ._common import check_config, observe_zero_filled
 
 __all__ = ["LowRankTensorFusion"]
 
@@ -42,6 +42,8 @@ class LowRankTensorFusion(nn.Module):
         >>> f = LowRankTensorFusion({"image": 8, "text": 4}, out_dim=6, rank=3)
         >>> f({"image": torch.randn(2, 8), "text": torch.randn(2, 4)}).shape
         torch.Size([2, 6])
+        >>> f({"image": torch.randn(2, 8)}).shape  # "text" left out: absent for the batch
+        torch.Size([2, 6])
     """
 
     def __init__(
@@ -55,10 +57,8 @@ class LowRankTensorFusion(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.dims = check_dims(dims, owner=self)
-        check_positive(out_dim, owner=self, arg="out_dim")
+        self.dims, self.out_dim = check_config(self, dims, out_dim)
         check_positive(rank, owner=self, arg="rank")
-        self.out_dim = int(out_dim)
         self.rank = int(rank)
         self.factors = nn.ParameterDict(
             {m: nn.Parameter(torch.empty(rank, d + 1, out_dim, **dd)) for m, d in self.dims.items()}
@@ -77,8 +77,7 @@ class LowRankTensorFusion(nn.Module):
     def forward(
         self, features: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None
     ) -> Tensor:
-        obs = observe(self, self.dims, features, present)
-        zs = zero_filled(self.dims, features, obs)
+        _, zs = observe_zero_filled(self, self.dims, features, present)
         factors = [self.factors[m] for m in self.dims]
         return low_rank_tensor_fusion(zs, factors, self.weights, self.bias)
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive, check_presence, format_shape, presence_matrix
+from .._checks import check_presence, check_probability, format_shape, presence_matrix
 from ..errors import ModalityError, ShapeError
 from ..functional import modality_dropout
 
@@ -49,9 +49,7 @@ class ModalityDropout(nn.Module):
         self, p: float, *, min_present: int = 1, generator: torch.Generator | None = None
     ) -> None:
         super().__init__()
-        check_positive(p, owner=self, arg="p", allow_zero=True)
-        if p > 1:
-            raise ValueError(f"ModalityDropout: expected `p` in [0, 1], got {p!r}.")
+        check_probability(p, owner=self, arg="p", closed=True)
         if isinstance(min_present, bool) or not isinstance(min_present, int) or min_present < 0:
             raise ValueError(
                 f"ModalityDropout: expected `min_present` to be a non-negative int, "

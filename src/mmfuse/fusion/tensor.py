@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_dims, check_positive
+from .._checks import check_positive
 from ..functional import tensor_fusion
-from ._common import observe, zero_filled
+from ._common import check_config, observe_zero_filled
 
 __all__ = ["TensorFusion"]
 
@@ -40,6 +40,8 @@ class TensorFusion(nn.Module):
 
     Example:
         >>> f = TensorFusion({"image": 8, "text": 4}, out_dim=6)
+        >>> f.fused_size  # (8 + 1) * (4 + 1)
+        45
         >>> f({"image": torch.randn(2, 8), "text": torch.randn(2, 4)}).shape
         torch.Size([2, 6])
     """
@@ -55,10 +57,8 @@ class TensorFusion(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.dims = check_dims(dims, owner=self)
-        check_positive(out_dim, owner=self, arg="out_dim")
+        self.dims, self.out_dim = check_config(self, dims, out_dim)
         check_positive(max_fused_size, owner=self, arg="max_fused_size")
-        self.out_dim = int(out_dim)
         self.fused_size = math.prod(d + 1 for d in self.dims.values())
         if self.fused_size > max_fused_size:
             sizes = " * ".join(f"({d}+1)" for d in self.dims.values())
@@ -77,8 +77,7 @@ class TensorFusion(nn.Module):
     def forward(
         self, features: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None
     ) -> Tensor:
-        obs = observe(self, self.dims, features, present)
-        zs = zero_filled(self.dims, features, obs)
+        _, zs = observe_zero_filled(self, self.dims, features, present)
         return self.linear(tensor_fusion(zs))  # (B, prod(D_m + 1)) -> (B, D)
 
     def extra_repr(self) -> str:
