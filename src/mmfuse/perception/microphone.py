@@ -26,9 +26,10 @@ class MicrophoneLoader(Loader):
     lost are counted in :attr:`input_overflows`. Nothing is dropped silently.
 
     Timestamps (on :func:`clock`) are the time of each block's first sample: anchored to the
-    host clock at the first callback (minus the block's age reported by PortAudio), then advanced
-    by the sample count so they do not jitter; re-anchored (counted in :attr:`resyncs`) if
-    they drift more than ``0.1 s`` plus one block from the host clock, as after an overflow.
+    host clock at the first callback (minus the block's duration), then advanced
+    by the sample count so they do not jitter; re-anchored (counted in :attr:`resyncs`) when a
+    block would end after the callback that delivered it (a burst of queued blocks), or when
+    they fall more than ``0.1 s`` plus one block behind the host clock (samples lost).
 
     Args:
         device: PortAudio device index or name substring; None for the default input.
@@ -99,20 +100,17 @@ class MicrophoneLoader(Loader):
         now = clock()
         if status.input_overflow:
             self.input_overflows += 1
-        age = frames / self.sample_rate
-        try:
-            reported = float(time_info.currentTime) - float(time_info.inputBufferAdcTime)
-            if 0.0 < reported < 1.0 and time_info.inputBufferAdcTime > 0:
-                age = reported
-        except (AttributeError, TypeError):
-            pass
-        host_start = now - age
-        block = np.ascontiguousarray(indata.T)  # (frames, C) -> (C, frames)
+        # PortAudio's inputBufferAdcTime is unreliable on some hosts (ALSA through PulseAudio
+        # reports blocks half a second old at start-up), so the block is taken as just complete.
+        host_start = now - frames / self.sample_rate
+        block = indata.T.copy()  # (frames, C) -> (C, frames), a copy: PortAudio reuses indata
         with self._cond:
+            duration = frames / self.sample_rate
             if self._next_t is None:
                 self._next_t = host_start
-            elif abs(host_start - self._next_t) > 0.1 + frames / self.sample_rate:
-                self._next_t = host_start
+            elif self._next_t + duration > now + 0.002 or host_start - self._next_t > 0.1 + duration:
+                # ahead of the host clock (a burst of queued blocks) or behind it (lost samples)
+                self._next_t = min(host_start, now - duration)
                 self.resyncs += 1
             t = self._next_t
             self._next_t += frames / self.sample_rate
