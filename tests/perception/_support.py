@@ -43,3 +43,11 @@ def frame_level(i: int) -> int:
 
 
 WAV_RATE = 16000
+
+
+@dataclass(frozen=True)
+class Pulse:
+    server: str
+    sink: str
+    pid: int
+    home: str

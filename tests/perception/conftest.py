@@ -18,7 +18,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from perception._support import (
     VIDEO_FRAMES,
     VIDEO_SIZE,
     WAV_RATE,
+    Pulse,
     Servers,
     children,
     frame_level,
@@ -108,14 +108,6 @@ def rtsp_url() -> Iterator[str]:
     port = int(_read_lines(proc, 1, 20.0)[0].split()[1])
     yield f"rtsp://127.0.0.1:{port}/cam"
     _stop(proc)
-
-
-@dataclass(frozen=True)
-class Pulse:
-    server: str
-    sink: str
-    pid: int
-    home: str
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,8 @@ class MicrophoneLoader(Loader):
         block_size: Samples per block (per channel).
         buffer_seconds: Ring buffer capacity in seconds (at least one block).
         read_timeout: Seconds :meth:`__next__` waits for a block before raising.
+        latency: PortAudio's suggested latency, seconds or ``"low"``/``"high"`` (``"high"``
+            can delay the first block by seconds on ALSA through PulseAudio).
 
     Meta keys: ``sample_rate``, ``offset`` (first sample's index since start), ``overflows``,
     ``input_overflows``, ``host_time`` (clock time of the callback).
@@ -58,6 +60,7 @@ class MicrophoneLoader(Loader):
         block_size: int = 1024,
         buffer_seconds: float = 2.0,
         read_timeout: float = 2.0,
+        latency: float | str = "low",
     ) -> None:
         super().__init__("default input" if device is None else str(device))
         for name, value in (("sample_rate", sample_rate), ("channels", channels),
@@ -84,7 +87,8 @@ class MicrophoneLoader(Loader):
         try:
             self._stream = sd.InputStream(
                 device=device, samplerate=self.sample_rate, channels=self.channels,
-                blocksize=self.block_size, dtype="float32", callback=self._callback,
+                blocksize=self.block_size, dtype="float32", latency=latency,
+                callback=self._callback,
             )
             self._stream.start()
         except (sd.PortAudioError, ValueError) as exc:
