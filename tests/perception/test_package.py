@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,9 @@ def test_import_does_not_load_optional_backends() -> None:
         "heavy = [m for m in ('cv2', 'sounddevice', 'soundfile', 'httpx') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC.parents[1]), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         check=True)
+                         check=True, env=env)
     assert out.stdout.strip() == ""
 
 
