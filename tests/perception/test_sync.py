@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,12 @@ from mmfuse.perception import (
     CameraLoader,
     Loader,
     LogMelSpectrogram,
+    MicrophoneLoader,
     Sample,
     Synchronizer,
+    clock,
 )
-from perception._support import VIDEO_FPS, WAV_RATE
+from perception._support import VIDEO_FPS, WAV_RATE, Pulse, Servers
 
 pytest.importorskip("cv2")
 pytest.importorskip("soundfile")
@@ -155,3 +158,30 @@ def test_a_failing_loader_closes_every_loader(video_file: Path, tmp_path: Path) 
     with pytest.raises(OSError, match="sensor unplugged"):
         next(sync)
     assert cam.closed and broken.closed
+
+
+def test_live_camera_and_microphone(servers: Servers, pulse: Pulse, no_leaks: None) -> None:
+    """A live MJPEG camera (20 fps, 4-frame buffer) and the PulseAudio microphone, in real time."""
+    mel = LogMelSpectrogram(16000, n_fft=400, hop_length=160, n_mels=16)
+    cam = CameraLoader(servers.url("/stream.mjpg?fps=20"), buffer_size=4)
+    mic = MicrophoneLoader(sample_rate=16000, block_size=1024, buffer_seconds=2.0)
+    t0 = clock()
+    with Synchronizer({"audio": mic, "video": cam}, window=0.5, rates={"video": 10.0},
+                      transforms={"audio": mel}) as sync:
+        windows = [next(sync)]
+        dropped = cam.dropped  # frames dropped while the microphone started (stale, expected)
+        windows += [next(sync) for _ in range(2)]
+        dropped = cam.dropped - dropped
+    assert cam.closed and mic.closed
+    assert clock() - t0 < 10.0
+    for k, w in enumerate(windows):
+        assert w.start >= t0 and w.start == pytest.approx(windows[0].start + 0.5 * k)
+        assert w.data["video"].shape == (1, 5, 3, 120, 160) and w.data["audio"].shape == (1, 16, 51)
+    # the server's frame i has grey level 10 (i mod 25): along the 10 Hz grid the frame number
+    # advances by about 2 per step
+    levels = [round(float(f[:, 5:, 2].float().mean()) / 10) for w in windows for f in w.data["video"][0]]
+    steps = [(b - a) % 25 for a, b in itertools.pairwise(levels)]
+    assert all(0 <= d <= 4 for d in steps), levels
+    assert sum(steps) >= 20  # 14 grid steps of 0.1 s at 20 fps
+    # once windows flow, both bounded buffers keep draining: nothing dropped or overflowed
+    assert dropped <= 1 and mic.overflows == 0

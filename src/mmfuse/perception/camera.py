@@ -78,13 +78,14 @@ class CameraLoader(Loader):
         dtype: ``torch.uint8`` (0..255) or a floating dtype (values in [0, 1]).
         open_timeout: Seconds to wait for a stream to open (OpenCV's FFmpeg backend).
         read_timeout: Seconds to wait for a frame from a live source.
-        reconnect: How many times to reopen a live source that drops; 0 ends with an error.
+        reconnect: How many times in a row to try reopening a live source that drops (the
+            count restarts after each frame received); 0 ends with an error at the first drop.
         reconnect_delay: Seconds to wait before each reconnection attempt.
         buffer_size: Frames a live source buffers before dropping the oldest.
         start: Clock time of a file's first frame; defaults to :func:`clock` at opening.
 
     Meta keys: ``media_time`` (files: container seconds), ``frame`` (source frame number),
-    ``dropped`` (live: frames dropped so far), ``reconnects``.
+    ``dropped`` (live: frames dropped so far), ``reconnects`` (live: successful reopenings).
 
     Example:
         >>> with CameraLoader("clip.mp4", size=(120, 160), fps=10) as cam:  # doctest: +SKIP
@@ -262,6 +263,7 @@ class CameraLoader(Loader):
 
     # -- live sources: a reader thread into a bounded buffer ---------------------------------
     def _run(self) -> None:
+        attempts = 0  # consecutive failed reads / reopenings
         try:
             while not self._stop.is_set():
                 if self._first is not None:
@@ -274,24 +276,27 @@ class CameraLoader(Loader):
                 if not ok or frame is None:
                     if self._stop.is_set():
                         return
-                    if self.reconnects >= self.reconnect:
+                    if attempts >= self.reconnect:
                         raise SourceError(
                             f"CameraLoader: stream {self.source!r} dropped after frame "
-                            f"{self._frame_no} ({self.reconnects} reconnection(s) used of {self.reconnect})."
+                            f"{self._frame_no} (no frame within read_timeout={self.read_timeout}s "
+                            f"or connection closed; {attempts} reconnection attempt(s) made, "
+                            f"reconnect={self.reconnect})."
                         )
                     self._cap.release()
                     self._cap = None
                     if self._stop.wait(self.reconnect_delay):
                         return
-                    self.reconnects += 1
+                    attempts += 1
                     try:
                         self._cap = self._open()
+                        self.reconnects += 1
                     except SourceError:
-                        if self.reconnects >= self.reconnect:
+                        if attempts >= self.reconnect:
                             raise
-                        # a capture whose reads fail triggers the next attempt
-                        self._cap = _DeadCapture()
+                        self._cap = _DeadCapture()  # its read fails: the next attempt follows
                     continue
+                attempts = 0
                 self._frame_no += 1
                 if not self._keep(t):
                     continue

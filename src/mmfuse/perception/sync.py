@@ -45,8 +45,11 @@ class _Frames:
     def first_time(self) -> float:
         return self.items[0][0]
 
+    def reach(self) -> float:
+        return self.items[-1][0] if self.items else -float("inf")
+
     def covers(self, end: float) -> bool:
-        return bool(self.items) and self.items[-1][0] >= end
+        return self.reach() > -float("inf") and self.reach() >= end
 
     def take(self, grid: Tensor, mode: str) -> Tensor:
         times = torch.tensor([t for t, _ in self.items], dtype=torch.float64)  # (K,)
@@ -93,10 +96,13 @@ class _Audio:
     def first_time(self) -> float:
         return float("inf") if self.start is None else self.start
 
-    def covers(self, end: float) -> bool:
+    def reach(self) -> float:
         if self.buf is None or self.start is None:
-            return False
-        return self.start + self.buf.shape[-1] / self.rate >= end
+            return -float("inf")
+        return self.start + self.buf.shape[-1] / self.rate
+
+    def covers(self, end: float) -> bool:
+        return self.reach() > -float("inf") and self.reach() >= end
 
     def take(self, start: float, length: int) -> Tensor:
         if self.buf is None or self.start is None:
@@ -130,7 +136,9 @@ class Synchronizer:
       goes through it and the times are its frame centres (``transform.frame_times`` if it has
       one).
 
-    Memory stays bounded: samples before the next window are dropped. The first window starts
+    Loaders are read in turn, always the one whose samples reach least far, so the bounded
+    buffers of live loaders keep draining. Memory stays bounded: samples before the next window
+    are dropped. The first window starts
     at ``start``, by default the latest first timestamp among the streams (when all have data).
     Iteration ends when any loader ends; :meth:`close` (or ``with``) closes every loader.
 
@@ -208,9 +216,12 @@ class Synchronizer:
             stream.push(float(sample.timestamp), sample.data)
 
     def _fill(self, end: float) -> None:
-        for name, stream in self._streams.items():
-            while not stream.covers(end):
-                self._pull(name)
+        # always read the stream that lags most, so live sources' bounded buffers keep draining
+        while True:
+            behind = [(s.reach(), name) for name, s in self._streams.items() if not s.covers(end)]
+            if not behind:
+                return
+            self._pull(min(behind)[1])
 
     def __iter__(self) -> Iterator[SyncWindow]:
         return self
@@ -230,7 +241,7 @@ class Synchronizer:
     def _next(self) -> SyncWindow:
         if self.start is None:
             for name, stream in self._streams.items():
-                if not stream.covers(-float("inf")):
+                if stream.reach() == -float("inf"):  # no sample yet
                     self._pull(name)
             self.start = max(s.first_time() for s in self._streams.values())
         ws = self.start + self._k * self.hop
