@@ -240,3 +240,11 @@ def test_normalize_frames_closed_form() -> None:
 def test_frame_transforms_compile(module: torch.nn.Module) -> None:
     x = torch.rand(2, 3, 16, 16)
     torch.testing.assert_close(torch.compile(module, backend="eager", fullgraph=True)(x), module(x))
+
+
+def test_empty_batch_gives_empty_outputs() -> None:
+    x = torch.zeros(0, 800)
+    assert LogMelSpectrogram(16000, hop_length=160, n_mels=8)(x).shape == (0, 8, 6)
+    assert MFCC(16000, n_mfcc=4, n_mels=8, hop_length=160)(x).shape == (0, 4, 6)
+    assert Resample(16000, 8000)(x).shape == (0, 400)
+    assert ResizeFrames((4, 4))(torch.zeros(0, 3, 8, 8)).shape == (0, 3, 4, 4)

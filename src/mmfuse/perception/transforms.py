@@ -87,6 +87,9 @@ class LogMelSpectrogram(nn.Module):
 
     def forward(self, waveform: Tensor) -> Tensor:
         _check_waveform(waveform, self)
+        if waveform.shape[:-1].numel() == 0:  # an empty batch: torch.stft rejects it
+            frames = 1 + waveform.shape[-1] // self.hop_length
+            return waveform.new_zeros(*waveform.shape[:-1], self.n_mels, frames)
         return log_mel_spectrogram(waveform, self.sample_rate, n_fft=self.n_fft,
                                    hop_length=self.hop_length, eps=self.eps,
                                    filterbank=self.filterbank)
@@ -192,11 +195,13 @@ def resample(waveform: Tensor, orig_freq: int, new_freq: int, *,
     kernel, width = _sinc_kernel(orig, new, lowpass_filter_width, rolloff, waveform.dtype,
                                  waveform.device)
     lead, length = waveform.shape[:-1], waveform.shape[-1]
+    target = math.ceil(new * length / orig)
+    if lead.numel() == 0:  # an empty batch: conv1d rejects it
+        return waveform.new_zeros(*lead, target)
     x = waveform.reshape(-1, 1, length)  # (N, 1, S)
     x = F.pad(x, (width, width + orig))
     y = F.conv1d(x, kernel, stride=orig)  # (N, new, frames)
     y = y.transpose(1, 2).reshape(x.shape[0], -1)  # (N, frames * new), phases interleaved
-    target = math.ceil(new * length / orig)
     return y[:, :target].reshape(*lead, target)
 
 
@@ -338,8 +343,8 @@ class NormalizeFrames(nn.Module):
                 f"NormalizeFrames: expected `frames` of shape (..., C, H, W) with C={c}, "
                 f"got {format_shape(x.shape)}."
             )
-        mean = self.mean.to(x.dtype)[:, None, None]  # (C, 1, 1)
-        std = self.std.to(x.dtype)[:, None, None]
+        mean = self.mean.to(x.device, x.dtype)[:, None, None]  # (C, 1, 1)
+        std = self.std.to(x.device, x.dtype)[:, None, None]
         return (x - mean) / std
 
     def extra_repr(self) -> str:
