@@ -108,6 +108,7 @@ class _Blocks(Loader):
     def __init__(self, starts: list[float], size: int, rate: int) -> None:
         super().__init__("blocks")
         self.starts, self.size, self.rate = starts, size, rate
+        self._closed = False  # nothing to acquire
 
     def _read(self) -> Sample:
         if self._index >= len(self.starts):
@@ -185,3 +186,14 @@ def test_live_camera_and_microphone(servers: Servers, pulse: Pulse, no_leaks: No
     assert sum(steps) >= 20  # 14 grid steps of 0.1 s at 20 fps
     # once windows flow, both bounded buffers keep draining: nothing dropped or overflowed
     assert dropped <= 1 and mic.overflows == 0
+
+
+def test_non_numeric_values_are_a_clear_error() -> None:
+    class Words(_Blocks):
+        kind = "values"
+
+        def _read(self) -> Sample:
+            return Sample({"word": "hello"}, 0.0, self._meta())
+
+    with pytest.raises(TypeError, match="expected stream 'w' to give tensors or numbers, got dict"):
+        next(Synchronizer({"w": Words([0.0], 1, 1)}, window=1.0, rates={"w": 1.0}))

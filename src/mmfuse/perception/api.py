@@ -109,6 +109,7 @@ class ApiLoader(Loader):
             timeout=self._httpx.Timeout(self.timeout), headers=dict(headers or {}), verify=verify,
             follow_redirects=True,
         )
+        self._closed = False
 
     # -- one request with retries -------------------------------------------------------------
     def _attempt(self) -> tuple[int, dict[str, str], bytes]:
@@ -210,7 +211,8 @@ class ApiLoader(Loader):
         return Sample(value, t, meta)
 
     def close(self) -> None:
-        self._stop.set()
+        if hasattr(self, "_stop"):
+            self._stop.set()  # interrupts a poll or backoff wait in another thread
         super().close()
 
     def _release(self) -> None:

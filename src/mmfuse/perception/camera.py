@@ -163,6 +163,7 @@ class CameraLoader(Loader):
                 )
             self._first = (frame, self._time_of_frame())
             self.start = float(start) if start is not None else clock()
+            self._closed = False
             if self._mode != "file":
                 self._thread = threading.Thread(
                     target=self._run, name=f"CameraLoader({self.source})", daemon=True

@@ -54,16 +54,15 @@ class AudioFileLoader(Loader):
         self.block_size = block_size
         sf = require("soundfile", feature="mmfuse.perception.AudioFileLoader")
         if not os.path.exists(self.source):
-            self._closed = True
             raise FileNotFoundError(f"AudioFileLoader: audio file not found: {self.source!r}.")
         try:
             self._file = sf.SoundFile(self.source, "r")
         except (sf.LibsndfileError, RuntimeError) as exc:
-            self._closed = True
             raise DecodeError(
                 f"AudioFileLoader: cannot decode {self.source!r} as audio (corrupt or unsupported "
                 f"format): {exc}"
             ) from exc
+        self._closed = False
         self.sample_rate = int(self._file.samplerate)
         self.channels = int(self._file.channels)
         self.frames = int(self._file.frames)

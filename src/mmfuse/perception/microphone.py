@@ -91,6 +91,7 @@ class MicrophoneLoader(Loader):
                 callback=self._callback,
             )
             self._stream.start()
+            self._closed = False
         except (sd.PortAudioError, ValueError) as exc:
             self._closed = True
             self._release()

@@ -72,8 +72,9 @@ class Loader:
     when iteration ends, and when reading raises. ``close`` is idempotent; a closed loader
     yields nothing more.
 
-    Subclasses implement ``_read() -> Sample`` (raise ``StopIteration`` at the end) and
-    ``_release()``. ``kind`` tells the :class:`Synchronizer` how to window the samples:
+    Subclasses call ``super().__init__(source)``, acquire their resource and then set
+    ``self._closed = False`` (until then ``close`` has nothing to release), and implement
+    ``_read() -> Sample`` (raise ``StopIteration`` at the end) and ``_release()``. ``kind`` tells the :class:`Synchronizer` how to window the samples:
     ``"frames"`` (one time point per sample), ``"audio"`` (blocks (C, N) with
     ``meta["sample_rate"]``) or ``"values"``.
     """
@@ -82,7 +83,7 @@ class Loader:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self._closed = False
+        self._closed = True  # until the subclass has acquired its resource (then False)
         self._close_lock = threading.Lock()
         self._index = 0
 

@@ -35,12 +35,21 @@ class SyncWindow(NamedTuple):
 
 
 class _Frames:
-    def __init__(self, rate: float) -> None:
+    def __init__(self, name: str, rate: float) -> None:
+        self.name = name
         self.rate = rate
         self.items: deque[tuple[float, Tensor]] = deque()
 
     def push(self, t: float, x: Any) -> None:
-        self.items.append((t, x if isinstance(x, Tensor) else torch.as_tensor(x, dtype=torch.float32)))
+        if not isinstance(x, Tensor):
+            try:
+                x = torch.as_tensor(x, dtype=torch.float32)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise TypeError(
+                    f"Synchronizer: expected stream {self.name!r} to give tensors or numbers, got "
+                    f"{type(x).__name__} (give ApiLoader a `parse` callable that returns a tensor)."
+                ) from exc
+        self.items.append((t, x))
 
     def first_time(self) -> float:
         return self.items[0][0]
@@ -197,7 +206,7 @@ class Synchronizer:
                     f"Synchronizer: frame stream {name!r} needs a grid rate: pass rates={{{name!r}: hz}}."
                 )
             check_positive(rate, owner=self, arg=f"rates[{name!r}]")
-            self._streams[name] = _Frames(float(rate))
+            self._streams[name] = _Frames(name, float(rate))
         self.start = start
         self._k = 0
         self._done = False
