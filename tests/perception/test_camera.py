@@ -48,6 +48,27 @@ def test_mp4_file_container_timestamps(tmp_path: Path) -> None:
     np.testing.assert_allclose(times, np.arange(10) / 25.0, atol=1e-3)
 
 
+def test_pyav_file_container_timestamps(tmp_path: Path) -> None:
+    av = pytest.importorskip("av", reason="PyAV not installed; the OpenCV-written files above cover files")
+    path = tmp_path / "pyav.mp4"
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream("mpeg4", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+    for i in range(10):
+        frame = av.VideoFrame.from_ndarray(np.full((24, 32, 3), 20 * i, np.uint8), format="rgb24")
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    with CameraLoader(path, start=0.0) as cam:
+        samples = list(cam)
+    assert len(samples) == 10
+    np.testing.assert_allclose([t for _, t, _ in samples], np.arange(10) / 10.0, atol=1e-3)
+    levels = [float(f.float().mean()) for f, _, _ in samples]
+    np.testing.assert_allclose(levels, 20 * np.arange(10), atol=4)
+
+
 def test_float_dtype_resize_and_fps_subsampling(video_file: Path) -> None:
     with CameraLoader(video_file, size=(24, 32), fps=4.0, dtype=torch.float32, start=0.0) as cam:
         samples = list(cam)
