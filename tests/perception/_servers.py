@@ -63,6 +63,13 @@ class Handler(BaseHTTPRequestHandler):
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         if url.path == "/stream.mjpg":
             self.mjpeg(int(q.get("frames", 0)), float(q.get("fps", 20)))
+        elif url.path == "/stall.mjpg":
+            # answers the request line with headers, then never sends a frame
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            self.wfile.flush()
+            time.sleep(3600)
         elif url.path == "/json":
             self._send(200, json.dumps({"value": 42, "items": [1, 2, 3]}).encode())
         elif url.path == "/counter":

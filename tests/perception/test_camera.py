@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -163,6 +164,14 @@ def test_server_that_never_answers_times_out(servers: Servers, no_leaks: None) -
     url = f"http://127.0.0.1:{servers.silent}/stream.mjpg"
     t0 = time.monotonic()
     with pytest.raises(SourceTimeoutError, match=r"did not open within open_timeout=1\.0s"):
+        CameraLoader(url, open_timeout=1.0, read_timeout=1.0)
+    assert time.monotonic() - t0 < 4.0
+
+
+def test_stream_that_sends_headers_and_no_frame(servers: Servers, no_leaks: None) -> None:
+    url = servers.url("/stall.mjpg")
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match=re.escape(repr(url))):
         CameraLoader(url, open_timeout=1.0, read_timeout=1.0)
     assert time.monotonic() - t0 < 4.0
 

@@ -157,9 +157,13 @@ class CameraLoader(Loader):
             self._cap = self._open()
             ok, frame = self._cap.read()
             if not ok or frame is None:
-                raise DecodeError(
-                    f"CameraLoader: {self.source!r} opened but gave no frame "
-                    f"({'corrupt or not a video file' if self._mode == 'file' else 'no picture from the source'})."
+                if self._mode == "file":
+                    raise DecodeError(
+                        f"CameraLoader: {self.source!r} opened but gave no frame (corrupt or not a video file)."
+                    )
+                raise SourceError(
+                    f"CameraLoader: {self.source!r} opened but gave no frame within "
+                    f"read_timeout={self.read_timeout}s."
                 )
             self._first = (frame, self._time_of_frame())
             self.start = float(start) if start is not None else clock()
