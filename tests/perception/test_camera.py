@@ -198,9 +198,9 @@ def test_live_buffer_is_bounded_and_drops_are_counted(servers: Servers) -> None:
         time.sleep(0.6)  # ~30 frames arrive while the consumer sleeps
         assert len(cam._buffer) <= 2
         _, _, meta = next(cam)
-        assert meta["dropped"] == cam.dropped > 10
+        assert meta["dropped"] == cam.dropped > 5
         # the frames kept are the newest: frame numbers jump
-        assert meta["frame"] > 10
+        assert meta["frame"] > 5
 
 
 def test_stream_drop_ends_with_a_clear_error(servers: Servers, no_leaks: None) -> None:
