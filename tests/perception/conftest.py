@@ -72,8 +72,10 @@ def servers() -> Iterator[Servers]:
     proc = subprocess.Popen([sys.executable, str(HERE / "_servers.py")], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
     lines = dict(line.split() for line in _read_lines(proc, 2, 20.0))
-    yield Servers(int(lines["HTTP"]), int(lines["SILENT"]), proc.pid)
-    _stop(proc)
+    try:
+        yield Servers(int(lines["HTTP"]), int(lines["SILENT"]), proc.pid)
+    finally:
+        _stop(proc)
 
 
 @pytest.fixture
@@ -106,8 +108,10 @@ def rtsp_url() -> Iterator[str]:
     proc = subprocess.Popen([SYSTEM_PYTHON, str(HERE / "_rtsp_server.py")], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
     port = int(_read_lines(proc, 1, 20.0)[0].split()[1])
-    yield f"rtsp://127.0.0.1:{port}/cam"
-    _stop(proc)
+    try:
+        yield f"rtsp://127.0.0.1:{port}/cam"
+    finally:
+        _stop(proc)
 
 
 @pytest.fixture(scope="session")
@@ -141,20 +145,25 @@ def pulse() -> Iterator[Pulse]:
          "--disallow-exit", "--use-pid-file=no", "--system=no", "--log-target=stderr"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 15
-    while subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode:
-        if time.monotonic() > deadline or proc.poll() is not None:
-            _stop(proc)
-            pytest.skip("PulseAudio did not start here")
-        time.sleep(0.1)
+    try:
+        deadline = time.monotonic() + 15
+        while subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.skip("PulseAudio did not start here")
+            time.sleep(0.1)
+    except BaseException:
+        _stop(proc)
+        raise
     saved = {k: os.environ.get(k) for k in ("PULSE_SERVER", "XDG_RUNTIME_DIR")}
     os.environ.update(PULSE_SERVER=env["PULSE_SERVER"], XDG_RUNTIME_DIR=home)
     if "sounddevice" in sys.modules:  # PortAudio read the devices before the server existed
         sd = sys.modules["sounddevice"]
         sd._terminate()
         sd._initialize()
-    yield Pulse(env["PULSE_SERVER"], sink, proc.pid, home)
-    _stop(proc)
+    try:
+        yield Pulse(env["PULSE_SERVER"], sink, proc.pid, home)
+    finally:
+        _stop(proc)
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)

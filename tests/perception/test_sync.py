@@ -66,6 +66,7 @@ def test_linear_interpolates_between_neighbouring_frames(video_file: Path, wav_f
     ) as sync:
         windows = list(sync)
     assert len(windows) == 2
+    assert all(loader.closed for loader in sync.loaders.values())  # closed at the end
     for w in windows:
         for i, t in enumerate(w.times["video"][0].tolist()):
             j = int(np.searchsorted(times, t))  # first frame at or after t
@@ -164,9 +165,9 @@ def test_a_failing_loader_closes_every_loader(video_file: Path, tmp_path: Path) 
 def test_live_camera_and_microphone(servers: Servers, pulse: Pulse, no_leaks: None) -> None:
     """A live MJPEG camera (20 fps, 4-frame buffer) and the PulseAudio microphone, in real time."""
     mel = LogMelSpectrogram(16000, n_fft=400, hop_length=160, n_mels=16)
+    t0 = clock()
     cam = CameraLoader(servers.url("/stream.mjpg?fps=20"), buffer_size=4)
     mic = MicrophoneLoader(sample_rate=16000, block_size=1024, buffer_seconds=2.0)
-    t0 = clock()
     with Synchronizer({"audio": mic, "video": cam}, window=0.5, rates={"video": 10.0},
                       transforms={"audio": mel}) as sync:
         windows = [next(sync)]

@@ -149,7 +149,10 @@ class Synchronizer:
     buffers of live loaders keep draining. Memory stays bounded: samples before the next window
     are dropped. The first window starts
     at ``start``, by default the latest first timestamp among the streams (when all have data).
-    Iteration ends when any loader ends; :meth:`close` (or ``with``) closes every loader.
+    Iteration ends when any loader ends, and then every loader is closed, as on an error or
+    :meth:`close` (or leaving ``with``). If the consumer is slower than real time, live loaders'
+    bounded buffers overflow (counted by each loader) while the windows keep following the
+    timeline: lost audio becomes zeros, and frames are the nearest still buffered.
 
     Args:
         loaders: Stream name -> loader.
@@ -240,10 +243,7 @@ class Synchronizer:
             raise StopIteration
         try:
             return self._next()
-        except StopIteration:
-            self._done = True
-            raise
-        except BaseException:
+        except BaseException:  # a loader ended or failed: release every loader
             self.close()
             raise
 
