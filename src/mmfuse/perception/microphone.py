@@ -81,6 +81,7 @@ class MicrophoneLoader(Loader):
         self._cond = threading.Condition()
         self._started = threading.Event()
         self._next_t: float | None = None
+        self._started_at = 0.0
         self._offset = 0
         self._stream: Any = None
         sd = require("sounddevice", feature="mmfuse.perception.MicrophoneLoader")
@@ -90,6 +91,7 @@ class MicrophoneLoader(Loader):
                 blocksize=self.block_size, dtype="float32", latency=latency,
                 callback=self._callback,
             )
+            self._started_at = clock()
             self._stream.start()
             self._closed = False
         except (sd.PortAudioError, ValueError) as exc:
@@ -111,8 +113,8 @@ class MicrophoneLoader(Loader):
         block = indata.T.copy()  # (frames, C) -> (C, frames), a copy: PortAudio reuses indata
         with self._cond:
             duration = frames / self.sample_rate
-            if self._next_t is None:
-                self._next_t = host_start
+            if self._next_t is None:  # no sample predates the start of the stream
+                self._next_t = max(host_start, self._started_at)
             elif self._next_t + duration > now + 0.002 or host_start - self._next_t > 0.1 + duration:
                 # ahead of the host clock (a burst of queued blocks) or behind it (lost samples)
                 self._next_t = min(host_start, now - duration)
