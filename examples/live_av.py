@@ -82,7 +82,8 @@ def build_loaders(args: argparse.Namespace) -> dict[str, Loader]:
         if args.audio:
             audio: Loader = AudioFileLoader(args.audio, block_size=2048, start=start)
         else:
-            audio = MicrophoneLoader(args.mic, sample_rate=SAMPLE_RATE, block_size=1024)
+            device = int(args.mic) if args.mic is not None and args.mic.isdigit() else args.mic
+            audio = MicrophoneLoader(device, sample_rate=SAMPLE_RATE, block_size=1024)
     except BaseException:
         video.close()
         raise
