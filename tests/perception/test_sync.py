@@ -198,3 +198,11 @@ def test_non_numeric_values_are_a_clear_error() -> None:
 
     with pytest.raises(TypeError, match="expected stream 'w' to give tensors or numbers, got dict"):
         next(Synchronizer({"w": Words([0.0], 1, 1)}, window=1.0, rates={"w": 1.0}))
+
+
+def test_window_before_the_first_audio_sample_is_silence() -> None:
+    starts = [0.0, 0.1, 0.2, 0.3]  # 0.1 s blocks valued 1, 2, 3, 4
+    with Synchronizer({"a": _Blocks(starts, 10, 100)}, window=0.3, start=-0.05) as sync:
+        w = next(sync)
+    want = torch.cat([torch.zeros(5), torch.full((10,), 1.0), torch.full((10,), 2.0), torch.full((5,), 3.0)])
+    torch.testing.assert_close(w.data["a"][0, 0], want)

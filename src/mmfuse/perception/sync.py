@@ -116,8 +116,12 @@ class _Audio:
     def take(self, start: float, length: int) -> Tensor:
         if self.buf is None or self.start is None:
             raise RuntimeError("Synchronizer: audio stream has no samples yet.")
-        i0 = max(0, round((start - self.start) * self.rate))
-        out = self.buf[:, i0:i0 + length]
+        i0 = round((start - self.start) * self.rate)
+        if i0 < 0:  # the window starts before the first sample: silence until then
+            lead = self.buf.new_zeros(self.buf.shape[0], min(-i0, length))
+            out = torch.cat([lead, self.buf[:, : length - lead.shape[-1]]], dim=-1)
+        else:
+            out = self.buf[:, i0:i0 + length]
         if out.shape[-1] < length:  # rounding at the very end: pad by repeating the edge
             out = torch.nn.functional.pad(out, (0, length - out.shape[-1]), mode="replicate")
         return out  # (C, length)
@@ -144,6 +148,9 @@ class Synchronizer:
       :attr:`gap_samples`. With a transform (e.g. :class:`LogMelSpectrogram`) the channel mean
       goes through it and the times are its frame centres (``transform.frame_times`` if it has
       one).
+
+    With an explicit ``start`` before a stream's first sample, grid times before its first
+    frame take that frame and audio before its first sample is zeros.
 
     Loaders are read in turn, always the one whose samples reach least far, so the bounded
     buffers of live loaders keep draining. Memory stays bounded: samples before the next window
