@@ -2,6 +2,30 @@
 
 from __future__ import annotations
 
+from .attention import AttentionFusion, AttentionFusionOutput
+from .bilinear import BilinearFusion
 from .concat import ConcatFusion
+from .cross_attention import CrossAttentionFusion, CrossAttentionFusionOutput
+from .data_level import DataLevelFusion
+from .decision_level import DecisionFusion
+from .film import FiLMFusion
+from .gated import GatedFusion
+from .low_rank_tensor import LowRankTensorFusion
+from .modality_dropout import ModalityDropout
+from .tensor import TensorFusion
 
-__all__ = ["ConcatFusion"]
+__all__ = [
+    "AttentionFusion",
+    "AttentionFusionOutput",
+    "BilinearFusion",
+    "ConcatFusion",
+    "CrossAttentionFusion",
+    "CrossAttentionFusionOutput",
+    "DataLevelFusion",
+    "DecisionFusion",
+    "FiLMFusion",
+    "GatedFusion",
+    "LowRankTensorFusion",
+    "ModalityDropout",
+    "TensorFusion",
+]

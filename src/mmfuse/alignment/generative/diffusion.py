@@ -1,0 +1,355 @@
+"""A conditional diffusion head: denoiser, noise schedules, DDPM/DDIM samplers, guidance."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..._checks import check_choice, check_positive, check_tensor, owner_name
+from ...functional import (
+    alphas_cumprod,
+    beta_schedule,
+    classifier_free_guidance,
+    ddim_step,
+    ddpm_step,
+    predict_start,
+    q_sample,
+    timestep_embedding,
+    v_target,
+)
+from ._common import check_labels, check_target, draw_normal, draw_uniform
+from ._common import target_shape as _target_shape
+from ._denoiser import MLPDenoiser, UNetDenoiser, default_levels
+
+__all__ = ["DiffusionHead"]
+
+BACKBONES = ("mlp", "unet")
+PREDICTIONS = ("eps", "v")
+SAMPLERS = ("ddim", "ddpm")
+SCHEDULES = ("linear", "cosine")
+
+
+class DiffusionHead(nn.Module):
+    """Conditional denoising diffusion over a target (vector, sequence or image), with DDPM and
+    DDIM sampling and classifier-free guidance.
+
+    The sinusoidal timestep embedding and the projected condition are summed into one
+    embedding that modulates every block of the denoiser with AdaLN-zero (zero-initialised, so
+    each block starts as the identity, and the output layer starts at zero). The denoiser is
+    ``backbone="mlp"``, a residual MLP over the flattened target (any target; fast, suits
+    small targets of up to a few thousand values), or ``"unet"``, a small UNet of modulated
+    residual conv blocks over images (C, H, W) or sequences (T, D) (convolving along T).
+
+    Training (:meth:`loss`) draws ``t`` uniformly and the noise from N(0, I), and regresses
+    eps or v (``prediction``) with a mean squared error in float32 (at least). With probability
+    ``cond_dropout`` a sample's condition is replaced by the learned null condition, which
+    gives the unconditional model used by classifier-free guidance at sampling time:
+    ``out = uncond + guidance_scale * (cond - uncond)`` (1 = plain conditional sampling, no
+    second pass). When the condition comes from :class:`ConditionEmbedding` with its own
+    ``cond_dropout``, set this one to 0 and pass that module's null condition as ``uncond``.
+
+    The schedule is kept in float64 on the CPU and read as Python numbers while sampling, and the
+    sampler's arithmetic runs in float32 at least; the denoiser runs in ``cond``'s dtype and
+    the result comes back on ``cond``'s device and dtype. With a ``generator`` (or ``noise``)
+    sampling is deterministic; a CPU generator gives the same draws for any device.
+
+    Args:
+        target_shape: Per-sample target: (D,), (T, D) or (C, H, W).
+        cond_dim: Size E of the condition vector.
+        hidden_dim: Width of the MLP denoiser and of the timestep/condition embedding.
+        num_blocks: Residual blocks of the MLP; blocks per level of the UNet.
+        num_steps: Diffusion steps T of the training process.
+        schedule: ``"cosine"`` (Nichol & Dhariwal) or ``"linear"`` (DDPM) betas.
+        prediction: ``"eps"`` (noise) or ``"v"`` (Salimans & Ho) parameterisation.
+        cond_dropout: Probability of the null condition in :meth:`loss` (training mode).
+        backbone: ``"mlp"`` or ``"unet"``.
+        unet_channels: Width of the UNet (``backbone="unet"``).
+        levels: UNet downsamplings; default the largest k <= 2 with ``2^k`` dividing the
+            spatial sizes, which must be divisible by ``2^levels``.
+
+    Shape:
+        - forward: x: (B, *target_shape) noisy input; t: (B,) integer steps in [0, T);
+          cond: (B, E); drop: (B,) bool, True = use the null condition
+        - output: (B, *target_shape) the predicted eps or v
+
+    Example:
+        >>> head = DiffusionHead((1, 8, 8), cond_dim=16, num_steps=100)
+        >>> c = torch.randn(2, 16)
+        >>> head.sample(c, steps=10, generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([2, 1, 8, 8])
+    """
+
+    def __init__(
+        self,
+        target_shape: Sequence[int] | int,
+        cond_dim: int,
+        *,
+        hidden_dim: int = 256,
+        num_blocks: int = 4,
+        num_steps: int = 1000,
+        schedule: str = "cosine",
+        prediction: str = "eps",
+        cond_dropout: float = 0.1,
+        backbone: str = "mlp",
+        unet_channels: int = 64,
+        levels: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        dd: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.target_shape = shape = _target_shape(target_shape, owner=self)
+        for arg, value in (("cond_dim", cond_dim), ("hidden_dim", hidden_dim),
+                           ("num_blocks", num_blocks), ("num_steps", num_steps)):
+            check_positive(value, owner=self, arg=arg)
+        check_choice(schedule, SCHEDULES, owner=self, arg="schedule")
+        check_choice(prediction, PREDICTIONS, owner=self, arg="prediction")
+        check_choice(backbone, BACKBONES, owner=self, arg="backbone")
+        check_positive(unet_channels, owner=self, arg="unet_channels")
+        if backbone == "unet":
+            if len(shape) == 1:
+                raise ValueError(
+                    f"{owner_name(self)}: expected an image (C, H, W) or sequence (T, D) "
+                    f"`target_shape` for backbone='unet', got {shape}."
+                )
+            spatial = shape[1:] if len(shape) == 3 else shape[:1]
+            if levels is None:
+                levels = default_levels(spatial)
+            check_positive(levels, owner=self, arg="levels", allow_zero=True)
+            if any(s % 2**levels for s in spatial):
+                raise ValueError(
+                    f"{owner_name(self)}: expected spatial sizes {spatial} of `target_shape` "
+                    f"divisible by 2**levels={2**levels}, got {shape}."
+                )
+        check_positive(cond_dropout, owner=self, arg="cond_dropout", allow_zero=True)
+        if cond_dropout >= 1:
+            raise ValueError(
+                f"{owner_name(self)}: expected `cond_dropout` in [0, 1), got {cond_dropout!r}."
+            )
+        self.cond_dim, self.hidden_dim = int(cond_dim), int(hidden_dim)
+        self.num_steps, self.schedule, self.prediction = int(num_steps), schedule, prediction
+        self.cond_dropout = float(cond_dropout)
+        numel = 1
+        for s in shape:
+            numel *= s
+        self.numel = numel
+        # Derived from the configuration, kept out of the state_dict and off the device.
+        self.betas = beta_schedule(schedule, num_steps)  # (T,) float64, CPU
+        self.alphas_bar = alphas_cumprod(self.betas)  # (T,) float64, CPU
+        self._ab = self.alphas_bar.tolist()
+
+        self.time_mlp = nn.Sequential(
+            nn.Linear(hidden_dim, hidden_dim, **dd), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim, **dd)
+        )
+        self.cond_proj = nn.Linear(cond_dim, hidden_dim, **dd)
+        self.null_cond = nn.Parameter(torch.empty(cond_dim, **dd))
+        self.backbone = backbone
+        self.net: nn.Module
+        if backbone == "mlp":
+            self.net = MLPDenoiser(shape, hidden_dim, num_blocks, **dd)
+        else:
+            self.net = UNetDenoiser(shape, unet_channels, hidden_dim, num_blocks, levels or 0,
+                                    **dd)
+        self.levels = levels
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for layer in (*self.time_mlp, self.cond_proj):
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+        nn.init.normal_(self.null_cond, std=1.0)
+        self.net.reset_parameters()  # type: ignore[operator]
+
+    # ------------------------------------------------------------------------- denoiser
+
+    def _check_cond(self, cond: Tensor, batch: int | None = None) -> int:
+        sizes: dict[str, Any] = {"E": self.cond_dim} | ({"B": batch} if batch is not None else {})
+        return check_tensor(cond, "B E", owner=self, arg="cond", **sizes)["B"]
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor, drop: Tensor | None = None) -> Tensor:
+        batch = check_target(x, self.target_shape, owner=self, arg="x")
+        check_labels(t, owner=self, arg="t", batch=batch, what="timesteps")
+        self._check_cond(cond, batch)
+        if drop is not None:
+            check_tensor(drop, "B", owner=self, arg="drop", floating=False, B=batch)
+            cond = torch.where(drop[:, None], self.null_cond.to(cond.dtype), cond)
+        return self._denoise(x, t, cond)
+
+    def _denoise(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        temb = timestep_embedding(t, self.hidden_dim).to(x.dtype)  # (B, H)
+        emb = self.time_mlp(temb) + self.cond_proj(cond)  # (B, H)
+        return self.net(x, emb)  # (B, *target)
+
+    # ------------------------------------------------------------------------- training
+
+    def loss(
+        self,
+        x0: Tensor,
+        cond: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+        drop: Tensor | None = None,
+    ) -> Tensor:
+        """Denoising loss: mean squared error of the eps or v prediction, a scalar in float32
+        (float64 for float64 inputs).
+
+        ``t``, ``noise`` and ``drop`` default to random draws (from ``generator`` if given);
+        the condition is dropped at rate ``cond_dropout`` only in training mode.
+        """
+        batch = check_target(x0, self.target_shape, owner=self, arg="x0")
+        self._check_cond(cond, batch)
+        device, work = x0.device, torch.promote_types(x0.dtype, torch.float32)
+        if t is None:
+            t = (draw_uniform((batch,), device=device, generator=generator) * self.num_steps)
+            t = t.long().clamp(max=self.num_steps - 1)
+        else:
+            check_labels(t, owner=self, arg="t", batch=batch, what="timesteps")
+        if noise is None:
+            noise = draw_normal(x0.shape, device=device, dtype=work, generator=generator)
+        else:
+            check_target(noise, self.target_shape, owner=self, arg="noise", batch=batch)
+        if drop is None and self.training and self.cond_dropout > 0:
+            drop = draw_uniform((batch,), device=device, generator=generator) < self.cond_dropout
+        ab = self.alphas_bar.to(device=device, dtype=work)[t]  # (B,)
+        x0f, noise = x0.to(work), noise.to(work)
+        x_t = q_sample(x0f, noise, ab)
+        out = self(x_t.to(x0.dtype), t, cond, drop=drop).to(work)
+        target = noise if self.prediction == "eps" else v_target(x0f, noise, ab)
+        return (out - target).square().mean()
+
+    # ------------------------------------------------------------------------- sampling
+
+    def timesteps(self, steps: int | None = None) -> list[int]:
+        """The descending steps a sampler visits: ``steps`` evenly spaced values from T - 1 to 0
+        (all T by default)."""
+        n = self.num_steps if steps is None else steps
+        check_positive(n, owner=self, arg="steps")
+        if n > self.num_steps:
+            raise ValueError(
+                f"{owner_name(self)}: expected `steps` <= num_steps={self.num_steps}, got {n}."
+            )
+        grid = torch.linspace(self.num_steps - 1, 0, n, dtype=torch.float64).round().long()
+        return list(dict.fromkeys(grid.tolist()))
+
+    def _model_out(self, x: Tensor, t: int, cond: Tensor, uncond: Tensor | None,
+                   scale: float, work: torch.dtype) -> Tensor:
+        """Denoiser output at integer step ``t``, guided if ``scale != 1``, in ``work``."""
+        batch = x.shape[0]
+        x = x.to(cond.dtype)
+        tt = torch.full((batch,), t, device=x.device, dtype=torch.long)
+        if scale == 1.0:
+            return self._denoise(x, tt, cond).to(work)
+        null = uncond.to(cond.dtype) if uncond is not None else \
+            self.null_cond.to(cond.dtype).expand_as(cond)
+        out = self._denoise(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, null]))
+        c_out, u_out = out.to(work).chunk(2)
+        return classifier_free_guidance(c_out, u_out, scale)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: Tensor,
+        *,
+        sampler: str = "ddim",
+        steps: int | None = 50,
+        eta: float = 0.0,
+        guidance_scale: float = 1.0,
+        uncond: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+        clip_x0: tuple[float, float] | None = None,
+    ) -> Tensor:
+        """Generate one target per condition.
+
+        Args:
+            cond: (B, E) conditions.
+            sampler: ``"ddim"`` (Song et al.; ``eta=0`` deterministic) or ``"ddpm"``
+                (ancestral, the posterior q(x_prev | x_t, x0_pred) between visited steps).
+            steps: Number of denoiser evaluations (None: all T steps).
+            eta: DDIM's noise scale (0 deterministic, 1 DDPM-like).
+            guidance_scale: Classifier-free guidance weight; 1 is plain conditional sampling.
+            uncond: (B, E) unconditional condition for guidance; default the learned null.
+            generator: Seeds the initial noise and any sampler noise.
+            noise: (B, *target_shape) initial x_T instead of a draw (e.g. from
+                :meth:`ddim_invert`).
+            clip_x0: Clamp the predicted x0 to this range at each step (e.g. ``(-1, 1)`` for
+                data scaled to that range).
+
+        Returns:
+            (B, *target_shape) on ``cond``'s device and dtype. No gradients are recorded.
+        """
+        batch = self._check_cond(cond)
+        check_choice(sampler, SAMPLERS, owner=self, arg="sampler")
+        check_positive(eta, owner=self, arg="eta", allow_zero=True)
+        if uncond is not None:
+            check_tensor(uncond, "B E", owner=self, arg="uncond", B=batch, E=self.cond_dim)
+        device, dtype = cond.device, cond.dtype
+        work = torch.promote_types(dtype, torch.float32)  # the sampler's arithmetic
+        shape = (batch, *self.target_shape)
+        if noise is None:
+            x = draw_normal(shape, device=device, dtype=work, generator=generator)
+        else:
+            check_target(noise, self.target_shape, owner=self, arg="noise", batch=batch)
+            x = noise.to(device=device, dtype=work)
+        ts = self.timesteps(steps)
+        for i, t in enumerate(ts):
+            prev = ts[i + 1] if i + 1 < len(ts) else -1
+            ab, ab_prev = self._ab[t], (self._ab[prev] if prev >= 0 else 1.0)
+            out = self._model_out(x, t, cond, uncond, guidance_scale, work)
+            x0, eps = predict_start(x, out, ab, self.prediction)
+            if clip_x0 is not None:
+                x0 = x0.clamp(*clip_x0)
+                eps = (x - ab**0.5 * x0) / (1 - ab) ** 0.5
+            last = prev < 0
+            if sampler == "ddim":
+                z = None if last or eta == 0 else \
+                    draw_normal(shape, device=device, dtype=work, generator=generator)
+                x = ddim_step(x0, eps, ab, ab_prev, eta, z)
+            else:
+                z = None if last else \
+                    draw_normal(shape, device=device, dtype=work, generator=generator)
+                x = ddpm_step(x0, x, ab, ab_prev, z)
+        return x.to(dtype)
+
+    @torch.no_grad()
+    def ddim_invert(self, x0: Tensor, cond: Tensor, *, steps: int | None = 50,
+                    guidance_scale: float = 1.0, uncond: Tensor | None = None) -> Tensor:
+        """Run deterministic DDIM backwards: data to the x_T that ``sample(noise=x_T, eta=0)``
+        maps back to it (up to the discretisation error, which vanishes as ``steps`` grows).
+
+        Returns (B, *target_shape) noise on ``x0``'s device, in float32 (float64 for float64
+        inputs); no gradients are recorded.
+
+        Conditioning: each step reads x0 back from the model's estimate at the current
+        ``alpha_bar``. With eps-prediction and the cosine schedule, whose last ``alpha_bar`` is
+        about 1e-9, that read divides by ~3e-5 and the round trip breaks down; use
+        ``prediction="v"`` or the linear schedule when inversion matters.
+        """
+        batch = check_target(x0, self.target_shape, owner=self, arg="x0")
+        self._check_cond(cond, batch)
+        ts = self.timesteps(steps)[::-1]  # ascending
+        work = torch.promote_types(x0.dtype, torch.float32)
+        x = x0.to(work)
+        prev_ab, prev_t = 1.0, ts[0]
+        for t in ts:
+            # eps is read where the state is; the clean data is read at the first step.
+            out = self._model_out(x, prev_t, cond, uncond, guidance_scale, work)
+            x0_pred, eps = predict_start(x, out, self._ab[prev_t], self.prediction)
+            if prev_ab == 1.0:
+                x0_pred = x
+            ab = self._ab[t]
+            x = ab**0.5 * x0_pred + (1 - ab) ** 0.5 * eps
+            prev_ab, prev_t = ab, t
+        return x
+
+    def extra_repr(self) -> str:
+        return (f"target_shape={self.target_shape}, cond_dim={self.cond_dim}, "
+                f"hidden_dim={self.hidden_dim}, backbone={self.backbone!r}, "
+                f"num_steps={self.num_steps}, "
+                f"schedule={self.schedule!r}, prediction={self.prediction!r}, "
+                f"cond_dropout={self.cond_dropout}")

@@ -1,0 +1,51 @@
+"""The ``mmfuse`` command: ``mmfuse info``, ``mmfuse demo``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import platform
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+_OPTIONAL = {
+    "vision": ["cv2"],
+    "audio": ["soundfile", "sounddevice"],
+    "api": ["httpx"],
+    "demo": ["sklearn", "matplotlib", "tqdm"],
+}
+
+
+def _info(_: argparse.Namespace) -> int:
+    import torch
+
+    import mmfuse
+
+    print(f"mmfuse {mmfuse.__version__}")
+    print(f"python {platform.python_version()} on {platform.platform()}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"cuda {'available: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'not available'}")
+    for extra, modules in _OPTIONAL.items():
+        have = [m for m in modules if importlib.util.find_spec(m) is not None]
+        state = "installed" if len(have) == len(modules) else f'missing {sorted(set(modules) - set(have))}: pip install "mmfuse[{extra}]"'
+        print(f"extra {extra:<7} {state}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmfuse", description="Multimodal fusion and alignment for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="versions, devices and installed extras")
+    info.set_defaults(func=_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

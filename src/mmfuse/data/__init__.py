@@ -1,0 +1,7 @@
+"""Demo data sets built from packages and files users already have."""
+
+from __future__ import annotations
+
+from .av_digits import AVDigits, AVSplit, load_av_digits, load_fsdd, synthesize_spoken_digits
+
+__all__ = ["AVDigits", "AVSplit", "load_av_digits", "load_fsdd", "synthesize_spoken_digits"]

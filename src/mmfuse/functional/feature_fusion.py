@@ -1,0 +1,194 @@
+"""Feature-level fusion math: presence-aware softmax, gated mixing, tensor products, pooling.
+
+Every function takes already-projected per-modality tensors and an ``observed`` (B, M) bool
+matrix (True = the modality was observed for that sample, columns in the module's declared
+order). The modules in :mod:`mmfuse.fusion` own the parameters and call these functions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "attention_fusion",
+    "bilinear_pool",
+    "film",
+    "gated_fusion",
+    "low_rank_tensor_fusion",
+    "masked_softmax",
+    "signed_sqrt",
+    "tensor_fusion",
+]
+
+
+def masked_softmax(scores: Tensor, observed: Tensor, dim: int = -1) -> Tensor:
+    """Softmax of ``scores`` over the entries where ``observed`` is True; zero elsewhere.
+
+    A slice with nothing observed gives all zeros (never NaN). No gradient reaches the scores
+    of unobserved entries.
+
+    Shape:
+        - scores: any; observed: bool, broadcastable to ``scores``
+        - output: like ``scores``; sums to 1 along ``dim`` where anything is observed
+    """
+    observed = observed.expand_as(scores)
+    lowest = torch.finfo(scores.dtype).min
+    weights = torch.softmax(scores.where(observed, lowest), dim=dim)
+    return weights.where(observed, 0.0)
+
+
+def _fill_empty(fused: Tensor, observed: Tensor, missing: Tensor) -> Tensor:
+    """Rows of ``fused`` (B, D) with no observed modality become ``missing`` (D,)."""
+    anything = observed.any(dim=1, keepdim=True)  # (B, 1)
+    return fused.where(anything, missing.to(fused.dtype))
+
+
+def attention_fusion(
+    values: Tensor, scores: Tensor, observed: Tensor | None, missing: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Weighted sum of per-modality vectors, weights a softmax over the observed modalities.
+
+    Args:
+        values: Projected modality features.
+        scores: One attention logit per sample and modality.
+        observed: True where the modality was observed; None when all are.
+        missing: Output for a sample with no modality observed.
+
+    Shape:
+        - values: (B, M, D); scores: (B, M); observed: (B, M) bool; missing: (D,)
+        - output: fused (B, D) and weights (B, M), zero where unobserved, each row summing to
+          1 over its observed modalities (all zero for a row with nothing observed)
+    """
+    if observed is None:
+        weights = torch.softmax(scores, dim=1)  # (B, M)
+        return (weights.unsqueeze(-1) * values).sum(dim=1), weights
+    weights = masked_softmax(scores, observed, dim=1)  # (B, M)
+    values = values.where(observed.unsqueeze(-1), 0.0)  # (B, M, D)
+    fused = (weights.unsqueeze(-1) * values).sum(dim=1)  # (B, D)
+    return _fill_empty(fused, observed, missing), weights
+
+
+def gated_fusion(
+    hidden: Tensor, gate_logits: Tensor, observed: Tensor | None, missing: Tensor
+) -> Tensor:
+    """Gated multimodal unit (Arevalo et al., 2017) for M modalities.
+
+    Each feature d of the output is a convex mix of the observed modalities' hidden features,
+    the mixing weights a softmax over the observed modalities of ``gate_logits[:, :, d]``. For two
+    modalities this is the paper's ``z * h_1 + (1 - z) * h_2`` with ``z = sigmoid(g_1 - g_2)``.
+
+    Shape:
+        - hidden: (B, M, D) (``tanh`` of the projections); gate_logits: (B, M, D);
+          observed: (B, M) bool, or None when every modality is observed; missing: (D,)
+        - output: (B, D); ``missing`` for a row with nothing observed
+    """
+    if observed is None:
+        return (torch.softmax(gate_logits, dim=1) * hidden).sum(dim=1)
+    keep = observed.unsqueeze(-1)  # (B, M, 1)
+    gates = masked_softmax(gate_logits, keep, dim=1)  # (B, M, D)
+    fused = (gates * hidden.where(keep, 0.0)).sum(dim=1)  # (B, D)
+    return _fill_empty(fused, observed, missing)
+
+
+def _with_one(z: Tensor) -> Tensor:
+    return F.pad(z, (1, 0), value=1.0)  # (B, 1 + D): [1, z]
+
+
+def tensor_fusion(zs: Sequence[Tensor]) -> Tensor:
+    """Flattened outer product of ``[1, z_m]`` over the modalities (Zadeh et al., 2017).
+
+    The first modality's index varies slowest. The leading 1 keeps every lower-order term: the
+    unimodal features and every product of a subset of modalities appear in the result; a
+    modality given as zeros contributes only its 1.
+
+    Shape:
+        - zs[m]: (B, D_m)
+        - output: (B, prod(D_m + 1))
+    """
+    out = _with_one(zs[0])  # (B, D_0 + 1)
+    for z in zs[1:]:
+        z1 = _with_one(z)  # (B, D_m + 1)
+        out = (out.unsqueeze(-1) * z1.unsqueeze(1)).flatten(1)  # (B, prod so far * (D_m + 1))
+    return out
+
+
+def low_rank_tensor_fusion(
+    zs: Sequence[Tensor], factors: Sequence[Tensor], weights: Tensor, bias: Tensor
+) -> Tensor:
+    """Low-rank tensor fusion (Liu et al., 2018).
+
+    ``sum_r weights[r] * prod_m ([1, z_m] @ factors[m][r]) + bias``: the linear map of
+    :func:`tensor_fusion` whose weight is the rank-R sum of outer products of the factors,
+    computed without forming the product.
+
+    Shape:
+        - zs[m]: (B, D_m); factors[m]: (R, D_m + 1, O); weights: (R,); bias: (O,)
+        - output: (B, O)
+    """
+    joint = torch.einsum("bi,rio->bro", _with_one(zs[0]), factors[0])  # (B, R, O)
+    for z, factor in zip(zs[1:], factors[1:]):
+        joint = joint * torch.einsum("bi,rio->bro", _with_one(z), factor)  # (B, R, O)
+    return torch.einsum("r,bro->bo", weights, joint) + bias  # (B, O)
+
+
+def film(x: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
+    """Feature-wise affine modulation ``(1 + gamma) * x + beta`` (Perez et al., 2018).
+
+    ``gamma`` is an offset from 1, so zero modulation is the identity.
+
+    Shape:
+        - x, gamma, beta: (B, D)
+        - output: (B, D)
+    """
+    return x * (1.0 + gamma) + beta
+
+
+def signed_sqrt(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """``sign(x) * (sqrt(|x| + eps) - sqrt(eps))``, with a finite gradient everywhere.
+
+    Written as ``x / (sqrt(|x| + eps) + sqrt(eps))`` (the same function), whose autograd
+    derivative at 0 is the true one, ``1 / (2 sqrt(eps))``, instead of the plain signed square
+    root's infinity. ``eps`` must be positive.
+    """
+    return x / ((x.abs() + eps).sqrt() + math.sqrt(eps))
+
+
+def bilinear_pool(
+    projections: Sequence[Tensor],
+    observed: Tensor | None,
+    rank: int,
+    *,
+    eps: float = 1e-6,
+    dropout_p: float = 0.0,
+    training: bool = False,
+) -> Tensor:
+    """Low-rank multimodal bilinear pooling (MLB / MFB family) over the observed modalities.
+
+    The elementwise product of the observed modalities' projections (an unobserved one counts
+    as the multiplicative identity), dropout (``dropout_p``, when ``training``), sum-pooled over
+    groups of ``rank``, then
+    :func:`signed_sqrt` and L2 normalisation. A row with nothing observed gives zeros.
+
+    Shape:
+        - projections[m]: (B, O * rank); observed: (B, M) bool, or None when all are observed
+        - output: (B, O), unit L2 norm (zero if the pooled vector or the row is empty)
+    """
+    if observed is None:
+        joint = projections[0]  # (B, O * R)
+        for p in projections[1:]:
+            joint = joint * p
+    else:
+        joint = projections[0].where(observed[:, :1], 1.0)  # (B, O * R)
+        for j, p in enumerate(projections[1:], start=1):
+            joint = joint * p.where(observed[:, j : j + 1], 1.0)  # (B, O * R)
+    joint = F.dropout(joint, dropout_p, training)
+    pooled = joint.unflatten(-1, (-1, rank)).sum(dim=-1)  # (B, O)
+    out = F.normalize(signed_sqrt(pooled, eps), dim=-1)
+    if observed is None:
+        return out
+    return out.where(observed.any(dim=1, keepdim=True), 0.0)

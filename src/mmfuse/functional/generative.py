@@ -1,0 +1,299 @@
+"""Math of the conditional generator heads: diffusion schedules and sampler steps, Gaussian KL
+and reparameterisation, classifier-free guidance, timestep embeddings, and the consistency
+score that checks generation against its condition.
+
+Conventions (DDPM, Ho et al. 2020; DDIM, Song et al. 2021; v-prediction, Salimans & Ho 2022):
+``alpha_bar[t] = prod_{s<=t} (1 - beta[s])`` for ``t = 0 .. T-1``; ``x_t = sqrt(alpha_bar[t]) x_0
++ sqrt(1 - alpha_bar[t]) eps``. "Before step 0" is the clean data, with ``alpha_bar = 1``.
+Per-sample ``alpha_bar`` values are given as a Python float or a (B,) tensor; they broadcast
+over the trailing dimensions of the target.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .._checks import check_choice, check_positive, check_tensor
+
+__all__ = [
+    "ConsistencyScore",
+    "alphas_cumprod",
+    "beta_schedule",
+    "classifier_free_guidance",
+    "consistency_score",
+    "cosine_beta_schedule",
+    "ddim_step",
+    "ddpm_step",
+    "gaussian_kl",
+    "linear_beta_schedule",
+    "posterior_mean_variance",
+    "predict_start",
+    "q_sample",
+    "reparameterize",
+    "timestep_embedding",
+    "v_target",
+]
+
+PREDICTIONS = ("eps", "v", "x0")
+SCHEDULES = ("linear", "cosine")
+
+
+def _bcast(a: Tensor | float, like: Tensor) -> Tensor | float:
+    """A (B,) tensor reshaped to (B, 1, ..., 1) to broadcast over ``like``; floats unchanged."""
+    if isinstance(a, Tensor):
+        return a.reshape(a.shape + (1,) * (like.dim() - a.dim())).to(like.dtype)  # (B, 1, ..)
+    return a
+
+
+def _sqrt(a: Tensor | float) -> Tensor | float:
+    return a.sqrt() if isinstance(a, Tensor) else math.sqrt(a)
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def linear_beta_schedule(
+    num_steps: int, beta_start: float = 1e-4, beta_end: float = 2e-2
+) -> Tensor:
+    """DDPM's linear betas, rescaled so any ``num_steps`` gives the same total noise as 1000.
+
+    ``beta[t] = linspace(s * beta_start, s * beta_end, num_steps)`` with ``s = 1000 / num_steps``
+    (Nichol & Dhariwal, 2021, appendix). Returns float64 of shape (num_steps,).
+    """
+    check_positive(num_steps, owner="linear_beta_schedule", arg="num_steps")
+    scale = 1000.0 / num_steps
+    betas = torch.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=torch.float64)
+    return betas.clamp(max=0.999)
+
+
+def cosine_beta_schedule(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
+    """Nichol & Dhariwal's cosine schedule: ``alpha_bar(t) = f(t) / f(0)`` with
+    ``f(t) = cos^2((t / T + s) / (1 + s) * pi / 2)``; betas clipped at ``max_beta``.
+
+    ``beta[t] = 1 - alpha_bar(t + 1) / alpha_bar(t)``, so ``alphas_cumprod(beta)[t]`` is
+    ``alpha_bar(t + 1)`` wherever no clipping happened. Returns float64 of shape (num_steps,).
+    """
+    check_positive(num_steps, owner="cosine_beta_schedule", arg="num_steps")
+    steps = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    abar = f / f[0]
+    return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
+
+
+def beta_schedule(kind: str, num_steps: int) -> Tensor:
+    """``"linear"`` or ``"cosine"`` betas (float64, (num_steps,))."""
+    check_choice(kind, SCHEDULES, owner="beta_schedule", arg="kind")
+    if kind == "linear":
+        return linear_beta_schedule(num_steps)
+    return cosine_beta_schedule(num_steps)
+
+
+def alphas_cumprod(betas: Tensor) -> Tensor:
+    """``alpha_bar[t] = prod_{s<=t} (1 - beta[s])``, same shape and dtype as ``betas``."""
+    return torch.cumprod(1 - betas, dim=0)
+
+
+# ----------------------------------------------------------------------------- forward process
+
+
+def q_sample(x0: Tensor, noise: Tensor, alpha_bar: Tensor | float) -> Tensor:
+    """Noise clean data to step t: ``sqrt(ab) x0 + sqrt(1 - ab) noise``.
+
+    Shape: x0, noise: (B, *); alpha_bar: float or (B,); output: like x0.
+    """
+    ab = _bcast(alpha_bar, x0)
+    return _sqrt(ab) * x0 + _sqrt(1 - ab) * noise
+
+
+def v_target(x0: Tensor, noise: Tensor, alpha_bar: Tensor | float) -> Tensor:
+    """The v-prediction target ``sqrt(ab) noise - sqrt(1 - ab) x0``."""
+    ab = _bcast(alpha_bar, x0)
+    return _sqrt(ab) * noise - _sqrt(1 - ab) * x0
+
+
+def predict_start(
+    x_t: Tensor, model_out: Tensor, alpha_bar: Tensor | float, prediction: str = "eps"
+) -> tuple[Tensor, Tensor]:
+    """Turn a denoiser's output into the predicted clean sample and noise, ``(x0, eps)``.
+
+    Args:
+        x_t: The noisy input at step t.
+        model_out: The denoiser's output: eps, v or x0 according to ``prediction``.
+        alpha_bar: ``alpha_bar[t]``, a float or (B,).
+        prediction: ``"eps"``, ``"v"`` or ``"x0"``.
+    """
+    check_choice(prediction, PREDICTIONS, owner="predict_start", arg="prediction")
+    ab = _bcast(alpha_bar, x_t)
+    a, s = _sqrt(ab), _sqrt(1 - ab)
+    if prediction == "eps":
+        return (x_t - s * model_out) / a, model_out
+    if prediction == "v":
+        return a * x_t - s * model_out, s * x_t + a * model_out
+    return model_out, (x_t - a * model_out) / s
+
+
+def posterior_mean_variance(
+    x0: Tensor, x_t: Tensor, alpha_bar: Tensor | float, alpha_bar_prev: Tensor | float
+) -> tuple[Tensor, Tensor | float]:
+    """Mean and variance of ``q(x_prev | x_t, x0)`` between two (possibly strided) steps.
+
+    With ``beta = 1 - ab / ab_prev``: variance ``beta (1 - ab_prev) / (1 - ab)``, mean
+    ``sqrt(ab_prev) beta / (1 - ab) x0 + sqrt(1 - beta) (1 - ab_prev) / (1 - ab) x_t``.
+    For consecutive steps this is DDPM's eq. (7).
+    """
+    ab, abp = _bcast(alpha_bar, x_t), _bcast(alpha_bar_prev, x_t)
+    beta = 1 - ab / abp
+    mean = _sqrt(abp) * beta / (1 - ab) * x0 + _sqrt(1 - beta) * (1 - abp) / (1 - ab) * x_t
+    var = beta * (1 - abp) / (1 - ab)
+    return mean, var
+
+
+# ----------------------------------------------------------------------------- sampler steps
+
+
+def ddpm_step(
+    x0: Tensor,
+    x_t: Tensor,
+    alpha_bar: Tensor | float,
+    alpha_bar_prev: Tensor | float,
+    noise: Tensor | None,
+) -> Tensor:
+    """One ancestral step: a draw from ``q(x_prev | x_t, x0_pred)``; ``noise=None`` returns
+    the mean (used for the last step)."""
+    mean, var = posterior_mean_variance(x0, x_t, alpha_bar, alpha_bar_prev)
+    return mean if noise is None else mean + _sqrt(var) * noise
+
+
+def ddim_step(
+    x0: Tensor,
+    eps: Tensor,
+    alpha_bar: Tensor | float,
+    alpha_bar_prev: Tensor | float,
+    eta: float = 0.0,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """One DDIM step (Song et al. 2021, eq. 12) from predicted ``x0`` and ``eps``.
+
+    ``sigma = eta sqrt((1 - ab_prev) / (1 - ab)) sqrt(1 - ab / ab_prev)``;
+    ``x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma noise``.
+    ``eta=0`` is deterministic (``noise`` ignored); ``eta=1`` matches DDPM's variance.
+    """
+    abp = _bcast(alpha_bar_prev, x0)
+    ab = _bcast(alpha_bar, x0)
+    out = _sqrt(abp) * x0
+    if eta == 0 or noise is None:
+        return out + _sqrt(1 - abp) * eps
+    sigma2 = eta**2 * (1 - abp) / (1 - ab) * (1 - ab / abp)
+    return out + _sqrt(1 - abp - sigma2) * eps + _sqrt(sigma2) * noise
+
+
+def classifier_free_guidance(cond_out: Tensor, uncond_out: Tensor, scale: float) -> Tensor:
+    """``uncond + scale (cond - uncond)`` (Ho & Salimans, 2022): 1 is plain conditional
+    output, 0 unconditional, above 1 pushes towards the condition."""
+    return uncond_out + scale * (cond_out - uncond_out)
+
+
+# ----------------------------------------------------------------------------- Gaussians
+
+
+def reparameterize(mean: Tensor, logvar: Tensor, noise: Tensor) -> Tensor:
+    """``mean + exp(logvar / 2) noise``: a differentiable draw from N(mean, exp(logvar))."""
+    return mean + torch.exp(0.5 * logvar) * noise
+
+
+def gaussian_kl(
+    mean: Tensor,
+    logvar: Tensor,
+    prior_mean: Tensor | None = None,
+    prior_logvar: Tensor | None = None,
+) -> Tensor:
+    """KL(N(mean, exp(logvar)) || N(prior_mean, exp(prior_logvar))) of diagonal Gaussians,
+    summed over the last dimension; the prior defaults to N(0, I).
+
+    Computed in float32 at least (float64 stays float64).
+
+    Shape: all (B, D) (the prior broadcastable); output (B,).
+    """
+    work = torch.promote_types(mean.dtype, torch.float32)
+    mq, lq = mean.to(work), logvar.to(work)
+    if prior_mean is None and prior_logvar is None:
+        kl = 0.5 * (lq.exp() + mq.square() - 1 - lq)
+    else:
+        mp = torch.zeros_like(mq) if prior_mean is None else prior_mean.to(work)
+        lp = torch.zeros_like(lq) if prior_logvar is None else prior_logvar.to(work)
+        kl = 0.5 * (lp - lq + (lq.exp() + (mq - mp).square()) * torch.exp(-lp) - 1)
+    return kl.sum(-1)
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, as in the Transformer.
+
+    ``[cos(t w_k), sin(t w_k)]`` with ``w_k = max_period^(-k / (dim // 2))``; an odd ``dim``
+    is padded with one zero. Computed and returned in float32.
+
+    Shape: t: (B,); output: (B, dim)
+    """
+    half = dim // 2
+    k = torch.arange(half, device=t.device, dtype=torch.float32)
+    freqs = torch.exp(-math.log(max_period) * k / half)  # (half,)
+    args = t.to(torch.float32)[:, None] * freqs[None]  # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 2 half)
+    if dim % 2:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb
+
+
+# ----------------------------------------------------------------------------- consistency
+
+
+class ConsistencyScore(NamedTuple):
+    """How well generated samples agree with their conditions in a shared embedding space.
+
+    Attributes:
+        cosine: Mean cosine similarity between each sample and its own condition, scalar.
+        retrieval_accuracy: Fraction of samples whose own condition scores highest among all
+            N conditions (ties count as a hit, so repeated conditions, e.g. one per class
+            label, are not penalised), scalar.
+        per_sample: (N,) cosine similarity of each sample with its condition.
+    """
+
+    cosine: Tensor
+    retrieval_accuracy: Tensor
+    per_sample: Tensor
+
+
+def consistency_score(generated_emb: Tensor, condition_emb: Tensor) -> ConsistencyScore:
+    """The source document's alignment check for generation: embed the generated samples and
+    their conditions with aligned encoders, then measure cosine agreement and retrieval of the
+    condition given the sample.
+
+    Args:
+        generated_emb: (N, D) embeddings of the generated samples.
+        condition_emb: (N, D) embeddings of the conditions they were generated from, row i
+            being sample i's condition.
+
+    Returns:
+        :class:`ConsistencyScore`; computed in float32 at least.
+
+    Example:
+        >>> cond = torch.eye(3)
+        >>> consistency_score(cond + 0.1, cond).retrieval_accuracy
+        tensor(1.)
+    """
+    owner = "consistency_score"
+    n = check_tensor(generated_emb, "N D", owner=owner, arg="generated_emb")
+    check_tensor(condition_emb, "N D", owner=owner, arg="condition_emb", N=n["N"], D=n["D"])
+    work = torch.promote_types(generated_emb.dtype, torch.float32)
+    g = torch.nn.functional.normalize(generated_emb.to(work), dim=-1)
+    c = torch.nn.functional.normalize(condition_emb.to(work), dim=-1)
+    sim = g @ c.T  # (N, N): sample i against condition j
+    own = sim.diagonal()  # (N,)
+    hits = own >= sim.max(dim=1).values
+    return ConsistencyScore(own.mean(), hits.to(work).mean(), own)

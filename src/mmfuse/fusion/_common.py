@@ -1,0 +1,62 @@
+"""Boundary handling shared by the feature-level fusion modules (private)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+from torch import Tensor
+
+from .._checks import check_features, check_presence, presence_matrix
+from ..functional import fill_absent
+
+__all__: list[str] = []
+
+
+class Observed(NamedTuple):
+    """What :func:`observe` returns."""
+
+    batch: int
+    ref: Tensor  # the first given modality's tensor (device and dtype of the inputs)
+    observed: Tensor  # (B, M) bool, True = observed
+    given: list[bool]  # per modality: in ``features`` with no presence entry (all observed)
+
+    @property
+    def all_given(self) -> bool:
+        """Every modality observed for every sample, known without reading ``observed``."""
+        return all(self.given)
+
+
+def observe(
+    owner: object,
+    dims: Mapping[str, int],
+    features: Mapping[str, Tensor],
+    present: Mapping[str, Tensor] | None,
+    *,
+    arg: str = "features",
+    layout: str = "B D",
+) -> Observed:
+    """Validate ``features``/``present`` and return the batch size and presence."""
+    batch = check_features(features, dims, owner=owner, arg=arg, layout=layout, allow_missing=True)
+    ref = next(features[m] for m in dims if m in features)
+    check_presence(present, dims, batch, owner=owner, device=ref.device)
+    observed = presence_matrix(features, present, list(dims), batch, ref.device)  # (B, M)
+    given = [m in features and (present is None or m not in present) for m in dims]
+    return Observed(batch, ref, observed, given)
+
+
+def zero_filled(
+    dims: Mapping[str, int], features: Mapping[str, Tensor], obs: Observed
+) -> list[Tensor]:
+    """Each declared modality's features, zero where unobserved (and zeros if left out)."""
+    zero = obs.ref.new_zeros(())
+    out = []
+    for j, (m, d) in enumerate(dims.items()):
+        if obs.given[j]:
+            out.append(features[m])
+        elif m in features:
+            out.append(fill_absent(features[m], obs.observed[:, j], zero))
+        else:
+            out.append(obs.ref.new_zeros(obs.batch, d))
+    return out
+

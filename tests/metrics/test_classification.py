@@ -1,0 +1,35 @@
+"""accuracy and f1_score against scikit-learn."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn import metrics as skm
+
+from mmfuse.metrics import accuracy, f1_score
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 40), c=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_match_sklearn(n, c, seed):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, c, (n,), generator=g)
+    p = torch.randint(0, c, (n,), generator=g)
+    assert accuracy(p, t) == pytest.approx(skm.accuracy_score(t, p))
+    for avg in ("macro", "weighted", "micro"):
+        want = skm.f1_score(t, p, average=avg, zero_division=0)
+        assert f1_score(p, t, average=avg) == pytest.approx(want), avg
+    want = skm.f1_score(t, p, average="macro", labels=list(range(c + 1)), zero_division=0)
+    assert f1_score(p, t, num_classes=c + 1) == pytest.approx(want)
+
+
+def test_scores_are_argmaxed_and_errors():
+    scores = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    target = torch.tensor([1, 1, 1])
+    assert accuracy(scores, target) == pytest.approx(2 / 3)
+    with pytest.raises(TypeError, match="integer class labels"):
+        accuracy(torch.tensor([0.0, 1.0]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="unknown `average` 'binary'"):
+        f1_score(target, target, average="binary")
