@@ -36,9 +36,12 @@ class LogMelSpectrogram(nn.Module):
         n_fft: FFT size (and window length).
         hop_length: Samples between frames; defaults to ``n_fft // 4``.
         n_mels: Mel bands.
-        f_min, f_max: Band edges in Hz (``f_max`` defaults to Nyquist).
+        f_min: Lower band edge in Hz.
+        f_max: Upper band edge in Hz (defaults to Nyquist).
         eps: Added before the log so silence stays finite.
         mel_scale: ``"htk"`` or ``"slaney"``.
+        device: Device of the filterbank buffer.
+        dtype: Dtype of the filterbank buffer.
 
     Shape:
         - waveform: (..., S) floating
@@ -114,7 +117,15 @@ class MFCC(LogMelSpectrogram):
     Args:
         sample_rate: Sampling rate in Hz.
         n_mfcc: Coefficients kept (at most ``n_mels``).
-        n_mels, n_fft, hop_length, f_min, f_max, eps, mel_scale: as :class:`LogMelSpectrogram`.
+        n_mels: Mel bands.
+        n_fft: FFT size (and window length).
+        hop_length: Samples between frames; defaults to ``n_fft // 4``.
+        f_min: Lower band edge in Hz.
+        f_max: Upper band edge in Hz (defaults to Nyquist).
+        eps: Added before the log so silence stays finite.
+        mel_scale: ``"htk"`` or ``"slaney"``.
+        device: Device of the filterbank and DCT buffers.
+        dtype: Dtype of the filterbank and DCT buffers.
 
     Shape:
         - waveform: (..., S) floating
@@ -209,7 +220,8 @@ class Resample(nn.Module):
     """Resample audio from ``orig_freq`` to ``new_freq`` Hz (see :func:`resample`).
 
     Args:
-        orig_freq, new_freq: Sampling rates in Hz (integers).
+        orig_freq: Input sampling rate in Hz (an integer).
+        new_freq: Output sampling rate in Hz (an integer).
         lowpass_filter_width: Zero crossings of the sinc on each side (sharper, slower when larger).
         rolloff: Cutoff as a fraction of the lower Nyquist frequency.
 
@@ -311,7 +323,8 @@ class NormalizeFrames(nn.Module):
     """``(frames - mean) / std`` per channel; uint8 frames are first scaled to [0, 1].
 
     Args:
-        mean, std: One value per channel (defaults: ImageNet statistics for RGB).
+        mean: One value per channel (default: ImageNet's RGB means).
+        std: One value per channel (default: ImageNet's RGB standard deviations).
 
     Shape:
         - frames: (..., C, H, W), uint8 or floating
