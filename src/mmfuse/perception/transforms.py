@@ -1,0 +1,364 @@
+"""Transforms from loader output to model input, in plain torch: audio features and frames.
+
+The audio math is :mod:`mmfuse.functional.audio`; these modules keep its constant matrices
+(mel filterbank, DCT) as non-persistent buffers so they follow ``.to(device)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._checks import check_positive, format_shape, owner_name
+from ..errors import ShapeError
+from ..functional import dct_matrix, log_mel_spectrogram, mel_filterbank
+
+__all__ = [
+    "MFCC",
+    "LogMelSpectrogram",
+    "NormalizeFrames",
+    "Resample",
+    "ResizeFrames",
+    "resample",
+]
+
+
+class LogMelSpectrogram(nn.Module):
+    """``log(mel power spectrogram + eps)`` of a waveform (periodic Hann window, centred frames).
+
+    Args:
+        sample_rate: Sampling rate in Hz.
+        n_fft: FFT size (and window length).
+        hop_length: Samples between frames; defaults to ``n_fft // 4``.
+        n_mels: Mel bands.
+        f_min: Lower band edge in Hz.
+        f_max: Upper band edge in Hz (defaults to Nyquist).
+        eps: Added before the log so silence stays finite.
+        mel_scale: ``"htk"`` or ``"slaney"``.
+        device: Device of the filterbank buffer.
+        dtype: Dtype of the filterbank buffer.
+
+    Shape:
+        - waveform: (..., S) floating
+        - output: (..., n_mels, frames), frames = 1 + S // hop_length; frame s is centred on
+          sample ``s * hop_length`` (see :meth:`frame_times`).
+
+    Example:
+        >>> m = LogMelSpectrogram(16000, n_fft=400, hop_length=160, n_mels=40)
+        >>> m(torch.randn(2, 16000)).shape
+        torch.Size([2, 40, 101])
+    """
+
+    filterbank: Tensor
+
+    def __init__(
+        self,
+        sample_rate: int,
+        *,
+        n_fft: int = 400,
+        hop_length: int | None = None,
+        n_mels: int = 64,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        eps: float = 1e-10,
+        mel_scale: str = "htk",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("sample_rate", sample_rate), ("n_fft", n_fft), ("n_mels", n_mels),
+                            ("eps", eps)):
+            check_positive(value, owner=self, arg=name)
+        if hop_length is not None:
+            check_positive(hop_length, owner=self, arg="hop_length")
+        self.sample_rate = int(sample_rate)
+        self.n_fft = int(n_fft)
+        self.hop_length = int(hop_length or n_fft // 4)
+        self.n_mels = int(n_mels)
+        self.f_min = float(f_min)
+        self.f_max = f_max
+        self.eps = float(eps)
+        self.mel_scale = mel_scale
+        fb = mel_filterbank(self.n_fft // 2 + 1, self.n_mels, self.sample_rate, self.f_min, f_max,
+                            mel_scale=mel_scale, device=device, dtype=dtype)
+        self.register_buffer("filterbank", fb, persistent=False)
+
+    def forward(self, waveform: Tensor) -> Tensor:
+        _check_waveform(waveform, self)
+        if waveform.shape[:-1].numel() == 0:  # an empty batch: torch.stft rejects it
+            frames = 1 + waveform.shape[-1] // self.hop_length
+            return waveform.new_zeros(*waveform.shape[:-1], self.n_mels, frames)
+        return log_mel_spectrogram(waveform, self.sample_rate, n_fft=self.n_fft,
+                                   hop_length=self.hop_length, eps=self.eps,
+                                   filterbank=self.filterbank)
+
+    def frame_times(self, start: float | Tensor, num_frames: int) -> Tensor:
+        """Clock time of each frame's centre for a waveform whose first sample is at ``start``.
+
+        Shape: ``start`` a float or (B,) tensor; output (num_frames,) or (B, num_frames), float64.
+        """
+        steps = torch.arange(num_frames, dtype=torch.float64) * (self.hop_length / self.sample_rate)
+        s = torch.as_tensor(start, dtype=torch.float64)
+        return s.unsqueeze(-1) + steps if s.dim() else s + steps
+
+    def extra_repr(self) -> str:
+        return (f"sample_rate={self.sample_rate}, n_fft={self.n_fft}, "
+                f"hop_length={self.hop_length}, n_mels={self.n_mels}")
+
+
+class MFCC(LogMelSpectrogram):
+    """Mel-frequency cepstral coefficients: orthonormal DCT-II of the log-mel bands.
+
+    Args:
+        sample_rate: Sampling rate in Hz.
+        n_mfcc: Coefficients kept (at most ``n_mels``).
+        n_mels: Mel bands.
+        n_fft: FFT size (and window length).
+        hop_length: Samples between frames; defaults to ``n_fft // 4``.
+        f_min: Lower band edge in Hz.
+        f_max: Upper band edge in Hz (defaults to Nyquist).
+        eps: Added before the log so silence stays finite.
+        mel_scale: ``"htk"`` or ``"slaney"``.
+        device: Device of the filterbank and DCT buffers.
+        dtype: Dtype of the filterbank and DCT buffers.
+
+    Shape:
+        - waveform: (..., S) floating
+        - output: (..., n_mfcc, frames)
+
+    Example:
+        >>> MFCC(16000, n_mfcc=13, n_mels=40, hop_length=160)(torch.randn(16000)).shape
+        torch.Size([13, 101])
+    """
+
+    dct: Tensor
+
+    def __init__(
+        self,
+        sample_rate: int,
+        *,
+        n_mfcc: int = 13,
+        n_mels: int = 40,
+        n_fft: int = 400,
+        hop_length: int | None = None,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        eps: float = 1e-10,
+        mel_scale: str = "htk",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
+                         f_min=f_min, f_max=f_max, eps=eps, mel_scale=mel_scale,
+                         device=device, dtype=dtype)
+        check_positive(n_mfcc, owner=self, arg="n_mfcc")
+        if n_mfcc > n_mels:
+            raise ValueError(f"MFCC: expected `n_mfcc` <= n_mels={n_mels}, got {n_mfcc}.")
+        self.n_mfcc = int(n_mfcc)
+        self.register_buffer("dct", dct_matrix(n_mfcc, n_mels, device=device, dtype=dtype),
+                             persistent=False)
+
+    def forward(self, waveform: Tensor) -> Tensor:
+        logmel = super().forward(waveform)  # (..., n_mels, frames)
+        out = torch.matmul(logmel.transpose(-1, -2), self.dct.to(logmel.dtype))  # (..., frames, n_mfcc)
+        return out.transpose(-1, -2)
+
+    def extra_repr(self) -> str:
+        return f"n_mfcc={self.n_mfcc}, " + super().extra_repr()
+
+
+def _sinc_kernel(orig: int, new: int, width_zeros: int, rolloff: float,
+                 dtype: torch.dtype, device: torch.device | None) -> tuple[Tensor, int]:
+    """Hann-windowed sinc kernels, one per output phase: (new, 1, 2 * width + orig)."""
+    base = min(orig, new) * rolloff
+    width = math.ceil(width_zeros * orig / base)
+    idx = torch.arange(-width, width + orig, dtype=torch.float64) / orig  # (L,)
+    t = (-torch.arange(new, dtype=torch.float64) / new)[:, None] + idx[None, :]  # (new, L)
+    t = (t * base).clamp(-width_zeros, width_zeros)
+    window = torch.cos(t * math.pi / width_zeros / 2) ** 2
+    t = t * math.pi
+    sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / torch.where(t == 0, 1.0, t))
+    kernel = sinc * window * (base / orig)
+    return kernel[:, None, :].to(dtype=dtype, device=device), width
+
+
+def resample(waveform: Tensor, orig_freq: int, new_freq: int, *,
+             lowpass_filter_width: int = 6, rolloff: float = 0.99) -> Tensor:
+    """Band-limited resampling with a Hann-windowed sinc (the polyphase method torchaudio uses).
+
+    Shape:
+        - waveform: (..., S) floating
+        - output: (..., ceil(S * new_freq / orig_freq))
+    """
+    for name, value in (("orig_freq", orig_freq), ("new_freq", new_freq),
+                        ("lowpass_filter_width", lowpass_filter_width), ("rolloff", rolloff)):
+        check_positive(value, owner="resample", arg=name)
+    _check_waveform(waveform, "resample")
+    if orig_freq == new_freq:
+        return waveform
+    g = math.gcd(int(orig_freq), int(new_freq))
+    orig, new = int(orig_freq) // g, int(new_freq) // g
+    kernel, width = _sinc_kernel(orig, new, lowpass_filter_width, rolloff, waveform.dtype,
+                                 waveform.device)
+    lead, length = waveform.shape[:-1], waveform.shape[-1]
+    target = math.ceil(new * length / orig)
+    if lead.numel() == 0:  # an empty batch: conv1d rejects it
+        return waveform.new_zeros(*lead, target)
+    x = waveform.reshape(-1, 1, length)  # (N, 1, S)
+    x = F.pad(x, (width, width + orig))
+    y = F.conv1d(x, kernel, stride=orig)  # (N, new, frames)
+    y = y.transpose(1, 2).reshape(x.shape[0], -1)  # (N, frames * new), phases interleaved
+    return y[:, :target].reshape(*lead, target)
+
+
+class Resample(nn.Module):
+    """Resample audio from ``orig_freq`` to ``new_freq`` Hz (see :func:`resample`).
+
+    Args:
+        orig_freq: Input sampling rate in Hz (an integer).
+        new_freq: Output sampling rate in Hz (an integer).
+        lowpass_filter_width: Zero crossings of the sinc on each side (sharper, slower when larger).
+        rolloff: Cutoff as a fraction of the lower Nyquist frequency.
+
+    Shape:
+        - waveform: (..., S) floating
+        - output: (..., ceil(S * new_freq / orig_freq))
+
+    Example:
+        >>> Resample(16000, 8000)(torch.randn(2, 1600)).shape
+        torch.Size([2, 800])
+    """
+
+    def __init__(self, orig_freq: int, new_freq: int, *, lowpass_filter_width: int = 6,
+                 rolloff: float = 0.99) -> None:
+        super().__init__()
+        for name, value in (("orig_freq", orig_freq), ("new_freq", new_freq),
+                            ("lowpass_filter_width", lowpass_filter_width), ("rolloff", rolloff)):
+            check_positive(value, owner=self, arg=name)
+        self.orig_freq, self.new_freq = int(orig_freq), int(new_freq)
+        self.lowpass_filter_width, self.rolloff = int(lowpass_filter_width), float(rolloff)
+
+    def forward(self, waveform: Tensor) -> Tensor:
+        _check_waveform(waveform, self)
+        return resample(waveform, self.orig_freq, self.new_freq,
+                        lowpass_filter_width=self.lowpass_filter_width, rolloff=self.rolloff)
+
+    def extra_repr(self) -> str:
+        return f"orig_freq={self.orig_freq}, new_freq={self.new_freq}"
+
+
+def _check_waveform(waveform: Any, owner: object) -> None:
+    name = owner_name(owner)
+    if not isinstance(waveform, Tensor):
+        raise TypeError(
+            f"{name}: expected `waveform` to be a tensor of shape (..., S), got {type(waveform).__name__}."
+        )
+    if not waveform.is_floating_point():
+        raise TypeError(f"{name}: expected `waveform` to be a floating-point tensor, got {waveform.dtype}.")
+    if waveform.dim() < 1 or waveform.shape[-1] == 0:
+        raise ShapeError(
+            f"{name}: expected `waveform` of shape (..., S) with S >= 1, got {format_shape(waveform.shape)}."
+        )
+
+
+def _frames_float(frames: Tensor, owner: object) -> Tensor:
+    if not isinstance(frames, Tensor) or frames.dim() < 3:
+        got = format_shape(frames.shape) if isinstance(frames, Tensor) else type(frames).__name__
+        name = owner_name(owner)
+        raise (ShapeError if isinstance(frames, Tensor) else TypeError)(
+            f"{name}: expected `frames` of shape (..., C, H, W), got {got}."
+        )
+    if frames.dtype == torch.uint8:
+        return frames.float().div(255.0)
+    if not frames.is_floating_point():
+        raise TypeError(f"{owner_name(owner)}: expected `frames` uint8 or floating, got {frames.dtype}.")
+    return frames
+
+
+class ResizeFrames(nn.Module):
+    """Resize frames to ``(height, width)`` (bilinear, antialiased when shrinking).
+
+    uint8 input is resized in float32 and rounded back to uint8; floating input keeps its dtype.
+
+    Shape:
+        - frames: (..., C, H, W)
+        - output: (..., C, height, width)
+
+    Example:
+        >>> ResizeFrames((32, 48))(torch.zeros(2, 5, 3, 64, 96)).shape
+        torch.Size([2, 5, 3, 32, 48])
+    """
+
+    def __init__(self, size: Sequence[int], *, antialias: bool = True) -> None:
+        super().__init__()
+        if len(size) != 2:
+            raise ValueError(f"ResizeFrames: expected `size` as (height, width), got {size!r}.")
+        for s in size:
+            check_positive(s, owner=self, arg="size")
+        self.size = (int(size[0]), int(size[1]))
+        self.antialias = antialias
+
+    def forward(self, frames: Tensor) -> Tensor:
+        x = _frames_float(frames, self)
+        lead = x.shape[:-3]
+        flat = x.reshape(-1, *x.shape[-3:])  # (N, C, H, W)
+        work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+        out = F.interpolate(work, size=self.size, mode="bilinear", align_corners=False,
+                            antialias=self.antialias)
+        out = out.reshape(*lead, *out.shape[-3:])
+        if frames.dtype == torch.uint8:
+            return out.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        return out.to(frames.dtype)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, antialias={self.antialias}"
+
+
+class NormalizeFrames(nn.Module):
+    """``(frames - mean) / std`` per channel; uint8 frames are first scaled to [0, 1].
+
+    Args:
+        mean: One value per channel (default: ImageNet's RGB means).
+        std: One value per channel (default: ImageNet's RGB standard deviations).
+
+    Shape:
+        - frames: (..., C, H, W), uint8 or floating
+        - output: same shape, floating (float32 for uint8 input)
+
+    Example:
+        >>> NormalizeFrames()(torch.zeros(4, 3, 8, 8, dtype=torch.uint8)).dtype
+        torch.float32
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, mean: Sequence[float] = (0.485, 0.456, 0.406),
+                 std: Sequence[float] = (0.229, 0.224, 0.225)) -> None:
+        super().__init__()
+        if len(mean) != len(std):
+            raise ValueError(f"NormalizeFrames: `mean` and `std` need one value per channel, got {len(mean)} and {len(std)}.")
+        for s in std:
+            check_positive(s, owner=self, arg="std")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
+
+    def forward(self, frames: Tensor) -> Tensor:
+        x = _frames_float(frames, self)
+        c = self.mean.shape[0]
+        if x.shape[-3] != c:
+            raise ShapeError(
+                f"NormalizeFrames: expected `frames` of shape (..., C, H, W) with C={c}, "
+                f"got {format_shape(x.shape)}."
+            )
+        mean = self.mean.to(x.device, x.dtype)[:, None, None]  # (C, 1, 1)
+        std = self.std.to(x.device, x.dtype)[:, None, None]
+        return (x - mean) / std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.tolist()}, std={self.std.tolist()}"

@@ -1,0 +1,165 @@
+"""ApiLoader against a local HTTP server (a child process on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+import torch
+
+from mmfuse.perception import ApiLoader, DecodeError, SourceError, SourceTimeoutError, clock
+from perception._support import Servers
+
+pytest.importorskip("httpx")
+
+
+def test_json_one_shot(servers: Servers, no_leaks: None) -> None:
+    before = clock()
+    with ApiLoader(servers.url("/json")) as api:
+        samples = list(api)
+    assert len(samples) == 1
+    value, t, meta = samples[0]
+    assert value == {"value": 42, "items": [1, 2, 3]}
+    assert before <= meta["request_time"] <= t <= clock()
+    assert meta["status"] == 200 and meta["attempts"] == 1
+    assert meta["latency"] == pytest.approx(t - meta["request_time"])
+    assert meta["headers"]["content-type"] == "application/json"
+    assert api.closed
+
+
+def test_text_uses_the_declared_charset(servers: Servers) -> None:
+    with ApiLoader(servers.url("/text"), parse="text") as api:
+        assert next(api).data == "héllo wörld"
+
+
+def test_image_to_rgb_tensor(servers: Servers) -> None:
+    pytest.importorskip("cv2")
+    with ApiLoader(servers.url("/image.png"), parse="image") as api:
+        image = next(api).data
+    assert image.shape == (3, 8, 12) and image.dtype == torch.uint8
+    want = np.zeros((3, 8, 12), np.uint8)
+    want[0, :, :4] = want[1, :, 4:8] = want[2, :, 8:] = 255
+    np.testing.assert_array_equal(image.numpy(), want)
+
+
+def test_bytes_callable_and_post(servers: Servers) -> None:
+    with ApiLoader(servers.url("/json"), parse="bytes") as api:
+        assert next(api).data == b'{"value": 42, "items": [1, 2, 3]}'
+    with ApiLoader(servers.url("/json"), parse=lambda body: len(body)) as api:
+        assert next(api).data == 33
+    with ApiLoader(servers.url("/echo"), method="post", body="ping") as api:
+        assert next(api).data == {"echo": "ping"}
+
+
+def test_polling_on_a_fixed_schedule(servers: Servers, no_leaks: None) -> None:
+    with ApiLoader(servers.url("/counter"), interval=0.1) as api:
+        samples = [next(api) for _ in range(4)]
+    counts = [s.data["n"] for s in samples]
+    assert counts == list(range(counts[0], counts[0] + 4))
+    starts = [s.meta["request_time"] for s in samples]
+    gaps = np.diff(starts)
+    assert np.all(gaps > 0.08) and np.all(gaps < 1.0)  # on schedule, slack for a busy machine
+
+
+def test_close_from_another_thread_stops_a_waiting_poll(servers: Servers, no_leaks: None) -> None:
+    api = ApiLoader(servers.url("/counter"), interval=30.0)
+    next(api)
+    threading.Timer(0.2, api.close).start()
+    t0 = time.monotonic()
+    with pytest.raises(StopIteration):
+        next(api)
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_500_then_success_is_retried(servers: Servers, no_leaks: None) -> None:
+    key = uuid.uuid4().hex
+    t0 = time.monotonic()
+    with ApiLoader(servers.url(f"/flaky?key={key}&fail=2"), retries=2, backoff=0.05) as api:
+        value, _, meta = next(api)
+    assert value == {"ok": True, "attempt": 3}
+    assert meta["attempts"] == 3
+    assert time.monotonic() - t0 >= 0.05 + 0.1  # backoff 0.05, then 0.1
+
+
+def test_500_beyond_the_retries_is_a_clear_error(servers: Servers) -> None:
+    key = uuid.uuid4().hex
+    url = servers.url(f"/flaky?key={key}&fail=5")
+    with pytest.raises(SourceError, match=r"GET .*flaky.* failed after 2 attempt\(s\): HTTP 500"):
+        next(ApiLoader(url, retries=1, backoff=0.0))
+
+
+def test_4xx_is_not_retried(servers: Servers) -> None:
+    with pytest.raises(SourceError, match="answered HTTP 404"):
+        next(ApiLoader(servers.url("/status?code=404"), retries=5, backoff=10.0))
+
+
+def test_oversized_chunked_body_is_cut_while_streaming(servers: Servers, no_leaks: None) -> None:
+    t0 = time.monotonic()
+    api = ApiLoader(servers.url("/big?n=500000000"), parse="bytes", max_bytes=200_000)
+    with pytest.raises(SourceError, match="exceeded max_bytes=200000 while reading"):
+        next(api)
+    assert api.closed
+    assert time.monotonic() - t0 < 5.0  # far less than reading 500 MB
+
+
+def test_oversized_content_length_fails_before_reading(servers: Servers) -> None:
+    with pytest.raises(SourceError, match="is 300000 bytes, over max_bytes=1000"):
+        next(ApiLoader(servers.url("/big-cl?n=300000"), max_bytes=1000))
+    with ApiLoader(servers.url("/big-cl?n=1000"), parse="bytes", max_bytes=1000) as api:
+        assert len(next(api).data) == 1000  # exactly the cap is accepted
+
+
+def test_invalid_json(servers: Servers) -> None:
+    with pytest.raises(DecodeError, match=r"invalid JSON from .*invalid-json"):
+        next(ApiLoader(servers.url("/invalid-json")))
+
+
+def test_image_that_is_not_an_image(servers: Servers) -> None:
+    pytest.importorskip("cv2")
+    with pytest.raises(DecodeError, match="not a decodable image"):
+        next(ApiLoader(servers.url("/json"), parse="image"))
+
+
+def test_dead_server_after_retries(dead_port: int, no_leaks: None) -> None:
+    url = f"http://127.0.0.1:{dead_port}/json"
+    with pytest.raises(SourceError, match=r"failed after 3 attempt\(s\): ConnectError"):
+        next(ApiLoader(url, retries=2, backoff=0.01, timeout=2.0))
+
+
+def test_server_that_accepts_and_never_answers(servers: Servers, no_leaks: None) -> None:
+    url = f"http://127.0.0.1:{servers.silent}/json"
+    t0 = time.monotonic()
+    with pytest.raises(SourceTimeoutError, match=r"failed after 2 attempt\(s\): timed out after 0.3s"):
+        next(ApiLoader(url, timeout=0.3, retries=1, backoff=0.05))
+    assert time.monotonic() - t0 < 0.3 * 2 + 0.05 + 3.0
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.org/x", "127.0.0.1:80/x"])
+def test_only_http_and_https(url: str) -> None:
+    with pytest.raises(ValueError, match="only http and https URLs are supported"):
+        ApiLoader(url)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="unknown `parse` 'xml'; expected one of"):
+        ApiLoader("http://127.0.0.1/x", parse="xml")
+    with pytest.raises(ValueError, match="`interval` to be a positive"):
+        ApiLoader("http://127.0.0.1/x", interval=0)
+    with pytest.raises(ValueError, match="`retries` to be a non-negative"):
+        ApiLoader("http://127.0.0.1/x", retries=-1)
+    with pytest.raises(ValueError, match="has no host"):
+        ApiLoader("http:///x")
+
+
+def test_tls_verification_is_on_by_default() -> None:
+    api = ApiLoader("https://127.0.0.1/x")
+    try:
+        ssl_context = api._client._transport._pool._ssl_context
+        import ssl
+
+        assert ssl_context.verify_mode == ssl.CERT_REQUIRED and ssl_context.check_hostname
+    finally:
+        api.close()
