@@ -200,7 +200,9 @@ def load_av_digits(
         audio_dir: Folder of FSDD recordings; None uses the synthetic audio (``synthetic=True``
             in the result).
         seed: Seed of the image split, the pairing and the synthetic audio.
-        n_mels, n_fft, hop_length: Log-mel settings (8 kHz audio).
+        n_mels: Mel bands of the log-mel features (8 kHz audio).
+        n_fft: FFT size of the log-mel features.
+        hop_length: Hop of the log-mel features, in samples.
         clip_samples: Clip length in samples (6000 = 0.75 s): centre-cropped or zero-padded.
         image_test_fraction: Share of each class's images kept for the test split.
         limit_per_class: Keep at most this many training pairs per class (for quick runs).

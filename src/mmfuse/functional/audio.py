@@ -64,7 +64,8 @@ def mel_filterbank(
         n_freqs: Number of STFT bins, ``n_fft // 2 + 1``.
         n_mels: Number of mel bands.
         sample_rate: Sampling rate in Hz.
-        f_min, f_max: Band edges in Hz (``f_max`` defaults to Nyquist).
+        f_min: Lowest band edge in Hz.
+        f_max: Highest band edge in Hz (defaults to Nyquist).
         mel_scale: ``"htk"`` or ``"slaney"``.
         norm: None, or ``"slaney"`` to divide each triangle by its width (constant energy).
 

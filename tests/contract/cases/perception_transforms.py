@@ -1,9 +1,4 @@
-"""Contract cases for the perception transforms (the parameter-free nn.Modules).
-
-Meant for ``tests/contract/cases/perception_transforms.py`` (the suite discovers cases there);
-kept here because that folder is outside this branch's files: move it with
-``git mv tests/perception/contract_cases.py tests/contract/cases/perception_transforms.py``.
-"""
+"""Contract cases for the perception transforms (the parameter-free nn.Modules)."""
 
 from __future__ import annotations
 
