@@ -160,6 +160,7 @@ def test_cuda_without_cuda_is_a_clear_error(capsys: pytest.CaptureFixture[str]) 
     (["--device", "gpu0"], "--device 'gpu0' is not a torch device"),
     (["--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
     (["--batch-size", "x"], "argument --batch-size: expected a positive integer, got 'x'"),
+    (["--threads", "-1"], "argument --threads: expected a positive integer, got '-1'"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
 ])
 def test_bad_flags_are_clear_errors(argv: list[str], message: str,
@@ -180,6 +181,6 @@ def test_help_names_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--audio-dir", "--out", "--seed", "--epochs", "--batch-size", "--device",
-                 "--quick"):
+                 "--threads", "--quick"):
         assert flag in text
     assert "SYNTHETIC" in text

@@ -96,6 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with --quick)")
     parser.add_argument("--batch-size", type=_positive_int, default=64, help="default 64")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    parser.add_argument("--threads", type=_positive_int, default=1,
+                        help="CPU threads for PyTorch (default 1: the model is small, and on 2 "
+                             "cores more threads were slower)")
     parser.add_argument("--quick", action="store_true",
                         help=f"small run for tests: {QUICK.limit_per_class} training pairs per "
                              f"digit, {QUICK.epochs} epochs")
@@ -386,6 +389,7 @@ def _run(args: argparse.Namespace, data: AVDigits, device: torch.device, start: 
 
     from .data.av_digits import SAMPLE_RATE
 
+    torch.set_num_threads(args.threads)  # after the data: a usage error changes nothing
     size = QUICK if args.quick else FULL
     epochs = args.epochs or size.epochs
     train, test = (_standardise(s)._replace(labels=s.labels.long()) for s in (data.train, data.test))
@@ -399,8 +403,9 @@ def _run(args: argparse.Namespace, data: AVDigits, device: torch.device, start: 
     print("mmfuse demo: audio-visual digits (sklearn handwritten digits + spoken digits)")
     print(f"audio: {audio}")
     print(f"train {len(train.labels)} pairs, test {len(test.labels)} pairs "
-          f"({len(test.labels) // size.test_pairings} clips x {size.test_pairings} images); {epochs} epochs, "
-          f"batch {args.batch_size}, seed {args.seed}, device {device}", flush=True)
+          f"({len(test.labels) // size.test_pairings} clips x {size.test_pairings} images); "
+          f"{epochs} epochs, batch {args.batch_size}, seed {args.seed}, device {device}, "
+          f"{torch.get_num_threads()} CPU thread(s)", flush=True)
 
     torch.manual_seed(args.seed)
     model = _build(n_mels, device)
