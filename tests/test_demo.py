@@ -86,6 +86,7 @@ def test_quick_run_writes_picture_and_json(quick: Run) -> None:
         w = res["attention_per_class"][str(d)]
         assert w["image"] + w["audio"] == pytest.approx(1.0, abs=1e-5)
         assert 0.0 < w["image"] < 1.0
+    assert sum(res["decision_weights"].values()) == pytest.approx(1.0, abs=1e-5)
     losses = res["train_loss"]
     assert len(losses) == res["epochs"] and losses[-1] < losses[0]
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # torch and the models load only when the demo runs: `mmfuse 
 
     from .data import AVDigits, AVSplit
     from .encoders import ImageEncoder
+    from .fusion import DecisionFusion
 
 __all__ = ["add_arguments", "run"]
 
@@ -269,7 +270,10 @@ def _evaluate(model: nn.ModuleDict, data: AVSplit, times: tuple[Tensor, Tensor],
     pick = torch.cat([(labels == d).nonzero().flatten()[:10] for d in range(10)])
     a = torch.nn.functional.normalize(img[pick], dim=1)
     b = torch.nn.functional.normalize(aud[pick], dim=1)
+    decision = cast("DecisionFusion", model["decision"])
+    learned = dict(zip(NAMES, decision.weights().detach().cpu().tolist()))
     return {"accuracy": acc, "retrieval": retrieval, "attention_per_class": per_class,
+            "decision_weights": learned,
             "similarity": (a @ b.T).tolist(), "similarity_labels": labels[pick].tolist()}
 
 
