@@ -8,6 +8,8 @@ import platform
 import sys
 from collections.abc import Sequence
 
+from . import demo
+
 __all__ = ["main"]
 
 _OPTIONAL = {
@@ -39,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, devices and installed extras")
     info.set_defaults(func=_info)
+    demo_parser = sub.add_parser(
+        "demo", help="train and fuse an audio-visual digits task (CPU, no download)",
+        description=demo.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_arguments(demo_parser)
+    demo_parser.set_defaults(func=lambda args: demo.run(args, demo_parser))
     return parser
 
 

@@ -1,0 +1,187 @@
+"""``mmfuse demo``: quick runs in a subprocess (table, picture, JSON, repeatability, real FSDD
+audio where it is on disk) and the command-line errors, in process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import torch
+
+from mmfuse.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+FSDD = ROOT.parent / "shared" / "data" / "fsdd"
+ROWS = ("image only", "audio only", "data level", "feature level", "decision level")
+FUSED = ("feature level", "decision level")  # the rows with a missing-modality mode
+ACC_ROW = re.compile(r"^\| (.+?) \(.+\) \| ([\d.]+|-) \| ([\d.]+|-) \| ([\d.]+|-) \|$", re.M)
+RET_ROW = re.compile(r"^\| (image -> audio|audio -> image) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$",
+                     re.M)
+
+
+class Run(NamedTuple):
+    out: str
+    folder: Path
+
+
+def _demo(out: Path, *flags: str) -> Run:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmfuse", "demo", "--quick", "--no-progress", "--out", str(out),
+         *flags], capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return Run(proc.stdout, out)
+
+
+def _table(out: str) -> list[str]:
+    """The printed table lines (accuracy and retrieval), in order."""
+    return [line for line in out.splitlines() if line.startswith("|")]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return _demo(tmp_path_factory.mktemp("demo") / "out", "--seed", "0")
+
+
+@pytest.mark.slow
+def test_quick_run_prints_the_table_and_learns(quick: Run) -> None:
+    assert "SYNTHETIC" in quick.out  # the built-in audio says what it is
+    assert "| model | test accuracy (%) | audio absent | image absent |" in quick.out
+    acc = {m[0]: m[1:] for m in ACC_ROW.findall(quick.out)}
+    assert list(acc) == list(ROWS), quick.out
+    for row, (both, no_audio, no_image) in acc.items():
+        assert float(both) > 30.0, f"{row}: {both} % (chance 10 %)\n{quick.out}"
+        if row in FUSED:  # with one modality gone, fusion still beats chance
+            assert float(no_audio) > 20.0 and float(no_image) > 20.0, quick.out
+        else:
+            assert no_audio == no_image == "-"
+    ret = {m[0]: [float(v) for v in m[1:]] for m in RET_ROW.findall(quick.out)}
+    assert set(ret) == {"image -> audio", "audio -> image"}, quick.out
+    for r1, r5, mean_ap in ret.values():
+        assert 0.3 < r1 <= r5 <= 1.0 and mean_ap > 0.2, quick.out
+
+
+@pytest.mark.slow
+def test_quick_run_writes_picture_and_json(quick: Run) -> None:
+    png = quick.folder / "demo.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    res = json.loads((quick.folder / "results.json").read_text())
+    assert res["synthetic"] is True and res["seed"] == 0 and res["quick"] is True
+    # the JSON holds the printed numbers
+    acc = {m[0]: m[1:] for m in ACC_ROW.findall(quick.out)}
+    for row in ROWS:
+        assert f"{100 * res['accuracy'][row]['both']:.1f}" == acc[row][0]
+    r1 = {m[0]: m[1] for m in RET_ROW.findall(quick.out)}
+    for direction, value in r1.items():
+        assert f"{res['retrieval'][direction]['R@1']:.3f}" == value
+    # attention weights: image + audio = 1 for every digit (both present)
+    for d in range(10):
+        w = res["attention_per_class"][str(d)]
+        assert w["image"] + w["audio"] == pytest.approx(1.0, abs=1e-5)
+        assert 0.0 < w["image"] < 1.0
+    assert sum(res["decision_weights"].values()) == pytest.approx(1.0, abs=1e-5)
+    losses = res["train_loss"]
+    assert len(losses) == res["epochs"] and losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+def test_same_seed_same_table(quick: Run, tmp_path: Path) -> None:
+    again = _demo(tmp_path / "again", "--seed", "0")
+    assert _table(again.out) == _table(quick.out)
+    first = json.loads((quick.folder / "results.json").read_text())
+    second = json.loads((again.folder / "results.json").read_text())
+    for key in ("accuracy", "retrieval", "attention_per_class", "train_loss"):
+        assert first[key] == second[key]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FSDD.is_dir(), reason=f"FSDD recordings not found at {FSDD}")
+def test_quick_run_on_real_fsdd(tmp_path: Path) -> None:
+    run = _demo(tmp_path / "fsdd", "--audio-dir", str(FSDD))
+    assert "SYNTHETIC" not in run.out and f"FSDD recordings in {FSDD}" in run.out
+    acc = {m[0]: m[1:] for m in ACC_ROW.findall(run.out)}
+    assert list(acc) == list(ROWS), run.out
+    assert all(float(both) > 30.0 for both, _, _ in acc.values()), run.out
+    res = json.loads((tmp_path / "fsdd" / "results.json").read_text())
+    assert res["synthetic"] is False and res["test_pairs"] == 200  # FSDD's test split
+
+
+@pytest.mark.slow
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_quick_run_on_cuda(tmp_path: Path) -> None:
+    run = _demo(tmp_path / "cuda", "--device", "cuda", "--epochs", "4")
+    assert "device cuda" in run.out and len(ACC_ROW.findall(run.out)) == len(ROWS)
+
+
+def _error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Run ``mmfuse demo argv`` in process; expect a usage error (exit 2), return its line."""
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_missing_audio_dir_is_a_clear_error(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-such-folder"
+    line = _error(capsys, "--audio-dir", str(missing), "--out", str(tmp_path / "o"))
+    assert line == (f"mmfuse demo: error: --audio-dir {missing} does not exist (expected the "
+                    f"FSDD recordings folder or its parent)")
+    assert not (tmp_path / "o").exists()  # nothing written, nothing trained
+
+
+def test_audio_dir_without_recordings_is_a_clear_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.wav").write_bytes(b"")  # not an FSDD name
+    line = _error(capsys, "--audio-dir", str(tmp_path))
+    assert line.startswith(f"mmfuse demo: error: --audio-dir {tmp_path} holds no FSDD recordings")
+    line = _error(capsys, "--audio-dir", str(tmp_path / "notes.wav"))
+    assert line.startswith(f"mmfuse demo: error: --audio-dir {tmp_path / 'notes.wav'} is not a "
+                           f"folder")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_cuda_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    line = _error(capsys, "--device", "cuda")
+    assert line.startswith("mmfuse demo: error: --device cuda: CUDA is not available")
+    assert line.endswith("use --device cpu")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--device", "gpu0"], "--device 'gpu0' is not a torch device"),
+    (["--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
+    (["--batch-size", "x"], "argument --batch-size: expected a positive integer, got 'x'"),
+    (["--threads", "-1"], "argument --threads: expected a positive integer, got '-1'"),
+    (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+])
+def test_bad_flags_are_clear_errors(argv: list[str], message: str,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert message in _error(capsys, *argv)
+
+
+def test_out_must_be_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    assert _error(capsys, "--out", str(target)) == (
+        f"mmfuse demo: error: --out {target} exists and is not a folder")
+
+
+def test_help_names_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--audio-dir", "--out", "--seed", "--epochs", "--batch-size", "--device",
+                 "--threads", "--quick"):
+        assert flag in text
+    assert "SYNTHETIC" in text
