@@ -8,6 +8,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+# Private helper modules (servers run as child processes, shared references) are imported by
+# the tests, never collected themselves (the test run collects doctests from every module).
+collect_ignore_glob = ["*/_*.py"]
+
 settings.register_profile(
     "ci",
     deadline=None,
