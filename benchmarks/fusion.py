@@ -1,4 +1,4 @@
-"""Time the feature-level fusion modules against minimal hand-written PyTorch versions.
+"""Time the fusion modules against minimal hand-written PyTorch versions of the same math.
 
 Each mmfuse module runs forward + backward beside a baseline that computes the same math
 with the same parameters and no validation or presence handling (every modality present).
@@ -25,11 +25,14 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mmfuse._checks import check_mask
+from mmfuse._checks import check_mask, check_tensor
 from mmfuse.fusion import (
     AttentionFusion,
     BilinearFusion,
+    ConcatFusion,
     CrossAttentionFusion,
+    DataLevelFusion,
+    DecisionFusion,
     FiLMFusion,
     GatedFusion,
     LowRankTensorFusion,
@@ -42,6 +45,8 @@ SMALL = {"image": 32, "text": 16, "audio": 8}  # TensorFusion: prod(D_m + 1) = 5
 LENGTHS = {"image": 16, "text": 12, "audio": 8}
 TOKEN_DIMS = {"image": 128, "text": 96, "audio": 64}
 OUT = 256
+CLASSES = 10
+FRAMES, GRID, FREQ, STEPS = 8, 16, 32, 64  # DataLevelFusion: (B, 8, 3, 16, 16), (B, 32, 64)
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -51,6 +56,24 @@ def lin(x: Tensor, layer) -> Tensor:
     # F.linear, as the modules' nn.Linear: the ratio then measures the modules' own work, not
     # addmm against matmul-then-add (which differ by up to 2x on CPU for some shapes).
     return F.linear(x, layer.weight, layer.bias)
+
+
+def base_concat(f: ConcatFusion, x: dict[str, Tensor]) -> Tensor:
+    return lin(torch.cat([x[m] for m in DIMS], -1), f.proj)
+
+
+def base_decision(f: DecisionFusion, p: dict[str, Tensor]) -> Tensor:
+    w = torch.softmax(f.weight_logits, 0)  # (M,)
+    return torch.einsum("m,mbc->bc", w, torch.stack([p[m] for m in f.modalities]))
+
+
+def base_data_level(f: DataLevelFusion, frames: Tensor, frame_times: Tensor, spec: Tensor,
+                    spec_times: Tensor) -> Tensor:
+    idx = (frame_times[:, None] - spec_times[None, :]).abs().argmin(-1)  # (T,) nearest step
+    audio = lin(spec[:, :, idx].transpose(1, 2), f.proj)  # (B, T, k)
+    b, t, _, h, w = frames.shape
+    grid = audio[..., None, None].expand(b, t, audio.shape[-1], h, w)
+    return torch.cat([frames, grid], 2)  # (B, T, C + k, H, W)
 
 
 def base_attention(f: AttentionFusion, x: dict[str, Tensor]) -> Tensor:
@@ -162,11 +185,25 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
 
 
 def cases(batch: int, gen: torch.Generator):
+    """Yield (name, module, ours, theirs, checks): the two calls to time and the validators."""
+
     def feats(dims):
         return {m: torch.randn(batch, d, generator=gen) for m, d in dims.items()}
 
+    def feature_case(name, module, x, base):
+        return (name, module, lambda: module(x), lambda: base(module, x),
+                lambda: observe(module, module.dims, x, None))
+
     x = feats(DIMS)
     xs = feats(SMALL)
+    yield feature_case("ConcatFusion", ConcatFusion(DIMS, OUT), x, base_concat)
+    yield feature_case("AttentionFusion", AttentionFusion(DIMS, OUT), x, base_attention)
+    yield feature_case("GatedFusion", GatedFusion(DIMS, OUT), x, base_gated)
+    yield feature_case("TensorFusion", TensorFusion(SMALL, 64), xs, base_tensor)
+    yield feature_case("LowRankTensorFusion", LowRankTensorFusion(DIMS, OUT, 8), x, base_low_rank)
+    yield feature_case("FiLMFusion", FiLMFusion(DIMS, OUT), x, base_film)
+    yield feature_case("BilinearFusion", BilinearFusion(DIMS, OUT, 4), x, base_bilinear)
+
     toks = {m: torch.randn(batch, LENGTHS[m], d, generator=gen) for m, d in TOKEN_DIMS.items()}
     masks = {m: torch.ones(batch, n, dtype=torch.bool) for m, n in LENGTHS.items()}
     cross = CrossAttentionFusion(TOKEN_DIMS, 128, num_heads=4, depth=1)
@@ -176,13 +213,28 @@ def cases(batch: int, gen: torch.Generator):
         for m in TOKEN_DIMS:
             check_mask(masks[m], owner=cross, arg=f"masks[{m!r}]", B=batch, N=LENGTHS[m])
 
-    yield "AttentionFusion", AttentionFusion(DIMS, OUT), x, base_attention, None
-    yield "GatedFusion", GatedFusion(DIMS, OUT), x, base_gated, None
-    yield "TensorFusion", TensorFusion(SMALL, 64), xs, base_tensor, None
-    yield "LowRankTensorFusion", LowRankTensorFusion(DIMS, OUT, 8), x, base_low_rank, None
-    yield "FiLMFusion", FiLMFusion(DIMS, OUT), x, base_film, None
-    yield "BilinearFusion", BilinearFusion(DIMS, OUT, 4), x, base_bilinear, None
-    yield "CrossAttentionFusion", cross, (toks, masks), base_cross, cross_checks
+    yield ("CrossAttentionFusion", cross, lambda: cross(toks, masks), lambda: base_cross(cross, toks),
+           cross_checks)
+
+    probs = {m: torch.softmax(torch.randn(batch, CLASSES, generator=gen), -1).requires_grad_()
+             for m in ("text", "audio", "image")}
+    decision = DecisionFusion(list(probs), CLASSES, learnable=True)
+    yield ("DecisionFusion", decision, lambda: decision(probs),
+           lambda: base_decision(decision, probs),
+           lambda: observe(decision, decision.dims, probs, None))
+
+    frames = torch.rand(batch, FRAMES, 3, GRID, GRID, generator=gen)
+    spec = torch.randn(batch, FREQ, STEPS, generator=gen)
+    frame_t = torch.arange(FRAMES) / 8.0
+    spec_t = torch.arange(STEPS) / 64.0
+    data = DataLevelFusion(3, FREQ, audio="project", audio_channels=4)
+
+    def data_checks() -> None:
+        size = check_tensor(frames, "B T C H W", owner=data, arg="frames", C=3)
+        check_tensor(spec, "B F S", owner=data, arg="spectrogram", B=size["B"], F=FREQ)
+
+    yield ("DataLevelFusion", data, lambda: data(frames, frame_t, spec, spec_t),
+           lambda: base_data_level(data, frames, frame_t, spec, spec_t), data_checks)
 
 
 def main() -> None:
@@ -198,27 +250,8 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for batch in args.batches:
         repeats = args.repeats if batch < 1024 else max(5, args.repeats // 4)
-        for name, module, inputs, base, checks in cases(batch, gen):
+        for name, module, ours, theirs, checks in cases(batch, gen):
             params = list(module.parameters())
-            if isinstance(inputs, tuple):
-                toks, masks = inputs
-
-                def ours(module=module, toks=toks, masks=masks) -> Tensor:
-                    return module(toks, masks)
-
-                def theirs(module=module, base=base, toks=toks) -> Tensor:
-                    return base(module, toks)
-            else:
-
-                def ours(module=module, x=inputs) -> Tensor:
-                    return module(x)
-
-                def theirs(module=module, base=base, x=inputs) -> Tensor:
-                    return base(module, x)
-
-                def checks(module=module, x=inputs) -> None:
-                    observe(module, module.dims, x, None)
-
             with torch.no_grad():
                 torch.testing.assert_close(ours(), theirs(), rtol=1e-4, atol=1e-4)
             t_ours, t_base = paired(ours, theirs, params, repeats)

@@ -66,6 +66,9 @@ class ConcatFusion(nn.Module):
         self, features: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None
     ) -> Tensor:
         obs = observe(self, self.dims, features, present)
+        if obs.all_given:  # nothing absent: no filling needed
+            z = torch.cat([features[m] for m in self.dims], dim=-1)  # (B, sum D_m)
+            return z if self.proj is None else self.proj(z)
         parts = []
         for j, (m, d) in enumerate(self.dims.items()):
             fill = self.missing[m]
