@@ -25,7 +25,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mmfuse._checks import check_mask, check_tensor
+from mmfuse._checks import check_features, check_mask, check_tensor
 from mmfuse.fusion import (
     AttentionFusion,
     BilinearFusion,
@@ -38,7 +38,6 @@ from mmfuse.fusion import (
     LowRankTensorFusion,
     TensorFusion,
 )
-from mmfuse.fusion._common import observe
 
 DIMS = {"image": 512, "text": 256, "audio": 128}
 SMALL = {"image": 32, "text": 16, "audio": 8}  # TensorFusion: prod(D_m + 1) = 5049
@@ -192,7 +191,7 @@ def cases(batch: int, gen: torch.Generator):
 
     def feature_case(name, module, x, base):
         return (name, module, lambda: module(x), lambda: base(module, x),
-                lambda: observe(module, module.dims, x, None))
+                lambda: check_features(x, module.dims, owner=module, allow_missing=True))
 
     x = feats(DIMS)
     xs = feats(SMALL)
@@ -209,7 +208,8 @@ def cases(batch: int, gen: torch.Generator):
     cross = CrossAttentionFusion(TOKEN_DIMS, 128, num_heads=4, depth=1)
 
     def cross_checks() -> None:
-        observe(cross, cross.dims, toks, None, arg="tokens", layout="B N D")
+        check_features(toks, cross.dims, owner=cross, arg="tokens", layout="B N D",
+                       allow_missing=True)
         for m in TOKEN_DIMS:
             check_mask(masks[m], owner=cross, arg=f"masks[{m!r}]", B=batch, N=LENGTHS[m])
 
@@ -221,7 +221,8 @@ def cases(batch: int, gen: torch.Generator):
     decision = DecisionFusion(list(probs), CLASSES, learnable=True)
     yield ("DecisionFusion", decision, lambda: decision(probs),
            lambda: base_decision(decision, probs),
-           lambda: observe(decision, decision.dims, probs, None))
+           lambda: check_features(probs, decision.dims, owner=decision, arg="predictions",
+                                  layout="B C", allow_missing=True))
 
     frames = torch.rand(batch, FRAMES, 3, GRID, GRID, generator=gen)
     spec = torch.randn(batch, FREQ, STEPS, generator=gen)

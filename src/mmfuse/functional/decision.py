@@ -167,6 +167,7 @@ def decision_fusion(
     x = _clean(predictions.to(dt), observed, 0.0)  # (B, M, C)
     if weights is None:
         weights = torch.ones(predictions.shape[1], dtype=dt, device=predictions.device)
+    log_p: Tensor | None = None
     if inputs == "logits":
         if temperature is not None:
             x = x / temperature.to(dt)[:, None]  # (B, M, C) / (M, 1)
@@ -174,10 +175,11 @@ def decision_fusion(
         probs = log_p.exp()
     else:
         probs = x
-        log_p = x.clamp_min(torch.finfo(dt).tiny).log()
     if strategy == "weighted":
         out = weighted_mean(probs, observed, weights)
     elif strategy == "product":
+        if log_p is None:  # only the product of experts works in log space
+            log_p = x.clamp_min(torch.finfo(dt).tiny).log()
         out = product_of_experts(log_p, observed, weights)
     elif strategy == "soft_vote":
         out = soft_vote(probs, observed)
