@@ -36,9 +36,9 @@ if TYPE_CHECKING:  # torch and the models load only when the demo runs: `mmfuse 
     import torch
     from torch import Tensor, nn
 
-    from .data import AVDigits, AVSplit
-    from .encoders import ImageEncoder
-    from .fusion import DecisionFusion
+    from ..data import AVDigits, AVSplit
+    from ..encoders import ImageEncoder
+    from ..fusion import DecisionFusion
 
 __all__ = ["add_arguments", "run"]
 
@@ -129,9 +129,9 @@ def _build(n_mels: int, device: torch.device) -> nn.ModuleDict:
     """Every trainable part of the demo, by name."""
     from torch import nn
 
-    from .alignment import InfoNCELoss
-    from .encoders import AudioEncoder, ImageEncoder
-    from .fusion import AttentionFusion, DataLevelFusion, DecisionFusion
+    from ..alignment import InfoNCELoss
+    from ..encoders import AudioEncoder, ImageEncoder
+    from ..fusion import AttentionFusion, DataLevelFusion, DecisionFusion
 
     data_channels = FRAMES * (1 + AUDIO_CHANNELS)
     return nn.ModuleDict({
@@ -194,8 +194,8 @@ def _train(model: nn.ModuleDict, data: AVSplit, times: tuple[Tensor, Tensor], *,
     import torch
     import torch.nn.functional as F
 
-    from ._optional import require
-    from .fusion import ModalityDropout
+    from .._optional import require
+    from ..fusion import ModalityDropout
 
     tqdm = require("tqdm", feature="mmfuse demo").tqdm
     order_gen = torch.Generator().manual_seed(seed)
@@ -239,7 +239,7 @@ def _evaluate(model: nn.ModuleDict, data: AVSplit, times: tuple[Tensor, Tensor],
     """Accuracies (both present, each absent), retrieval both ways, attention, similarities."""
     import torch
 
-    from .metrics import accuracy, retrieval_metrics
+    from ..metrics import accuracy, retrieval_metrics
 
     model.eval()
     n = len(data.labels)
@@ -298,7 +298,7 @@ def _table(res: dict[str, Any]) -> list[str]:
 
 
 def _plot(res: dict[str, Any], path: Path, title: str) -> None:
-    from ._optional import require
+    from .._optional import require
 
     matplotlib = require("matplotlib", feature="mmfuse demo")
     matplotlib.use("Agg")
@@ -373,7 +373,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out} exists and is not a folder")
     try:
-        from .data import load_av_digits
+        from ..data import load_av_digits
 
         try:
             size = QUICK if args.quick else FULL
@@ -393,7 +393,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _run(args: argparse.Namespace, data: AVDigits, device: torch.device, start: float) -> int:
     import torch
 
-    from .data.av_digits import SAMPLE_RATE
+    from ..data.av_digits import SAMPLE_RATE
 
     torch.set_num_threads(args.threads)  # after the data: a usage error changes nothing
     size = QUICK if args.quick else FULL
