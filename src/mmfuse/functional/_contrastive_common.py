@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_TILE",
     "NORM_EPS",
     "_compute_dtype",
+    "_embedding_grads",
     "_neg_inf_safe",
     "_prep",
     "_prep_backward",
@@ -83,3 +84,17 @@ def _valid_tile(vq: Tensor | None, vk: Tensor | None, i0: int, i1: int, j0: int,
 def _neg_inf_safe(n: Tensor) -> Tensor:
     """-inf (no negatives) -> +inf, so that ``exp(L - n)`` is 0 there instead of inf."""
     return n.where(n > _NEG_INF, float("inf"))
+
+
+def _embedding_grads(needs: tuple[bool, ...], q: Tensor, k: Tensor, scale: Tensor, s: Tensor,
+                     qh: Tensor, kh: Tensor, dq: Tensor, dk: Tensor, vq: Tensor | None,
+                     vk: Tensor | None, normalize: bool
+                     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(grad q, grad k, grad scale) at the end of a tiled backward, from ``dq`` (the gradient
+    with respect to ``qh = _prep(q)``, without the scale ``s``) and ``dk`` (with respect to
+    ``kh``, scale included); ``needs`` is ``ctx.needs_input_grad`` of ``(q, k, scale, ...)``.
+    Works in place on ``dq`` and ``dk`` (the scale's gradient is read before ``dq`` is scaled)."""
+    grad_scale = _scale_grad(dq, qh).to(scale.dtype) if needs[2] else None
+    grad_q = _prep_backward(q, vq, normalize, qh, dq.mul_(s)) if needs[0] else None
+    grad_k = _prep_backward(k, vk, normalize, kh, dk) if needs[1] else None
+    return grad_q, grad_k, grad_scale

@@ -16,10 +16,9 @@ from torch import Tensor
 from ._contrastive_common import (
     _NEG_INF,
     _compute_dtype,
+    _embedding_grads,
     _neg_inf_safe,
     _prep,
-    _prep_backward,
-    _scale_grad,
     _tiles,
     _valid_tile,
 )
@@ -184,10 +183,8 @@ class _TiledInfoNCE(torch.autograd.Function):
             gp = gp.where(ok, 0.0)
             dq[sq].addcmul_(gp[:, None], kh[sk])
             dk[sk].addcmul_((gp * s)[:, None], qh[sq])
-        grad_scale = _scale_grad(dq, qh).to(scale.dtype) if ctx.needs_input_grad[2] else None
-        norm = cfg["normalize"]
-        grad_q = _prep_backward(q, vq, norm, qh, dq.mul_(s)) if ctx.needs_input_grad[0] else None
-        grad_k = _prep_backward(k, vk, norm, kh, dk) if ctx.needs_input_grad[1] else None
+        grad_q, grad_k, grad_scale = _embedding_grads(
+            ctx.needs_input_grad, q, k, scale, s, qh, kh, dq, dk, vq, vk, cfg["normalize"])
         return grad_q, grad_k, grad_scale, None
 
 

@@ -10,9 +10,8 @@ from torch import Tensor
 
 from ._contrastive_common import (
     _compute_dtype,
+    _embedding_grads,
     _prep,
-    _prep_backward,
-    _scale_grad,
     _tiles,
     _valid_tile,
 )
@@ -88,9 +87,7 @@ class _TiledSigLIP(torch.autograd.Function):
                 dbias += gt.sum(dtype=torch.float64)
                 dq[i0:i1].addmm_(gt, kh[j0:j1])
                 dk[j0:j1].addmm_(gt.t(), qs)
-        grad_scale = _scale_grad(dq, qh).to(scale.dtype) if ctx.needs_input_grad[2] else None
         grad_bias = dbias.to(bias.dtype) if ctx.needs_input_grad[3] else None
-        norm = cfg["normalize"]
-        grad_q = _prep_backward(q, vq, norm, qh, dq.mul_(s)) if ctx.needs_input_grad[0] else None
-        grad_k = _prep_backward(k, vk, norm, kh, dk) if ctx.needs_input_grad[1] else None
+        grad_q, grad_k, grad_scale = _embedding_grads(
+            ctx.needs_input_grad, q, k, scale, s, qh, kh, dq, dk, vq, vk, cfg["normalize"])
         return grad_q, grad_k, grad_scale, grad_bias, None
