@@ -25,13 +25,8 @@ from torch import Tensor
 from torch import distributed as dist
 
 from ._checks import check_choice, owner_name
-from .functional.contrastive import (
-    _check_pair_inputs,
-    _tile_size,
-    _weighted_mean,
-    info_nce_terms,
-    make_pairs,
-)
+from .functional._contrastive_checks import _check_pair_inputs, _tile_size
+from .functional.contrastive import _weighted_mean, info_nce_terms, make_pairs
 
 __all__ = ["all_gather_with_grad", "gather_sizes", "info_nce_gathered", "is_distributed"]
 

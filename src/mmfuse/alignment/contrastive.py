@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive, owner_name
-from ..functional.contrastive import _info_nce, _siglip, _tile_size
+from ..functional._contrastive_checks import _tile_size
+from ..functional.contrastive import _info_nce, _siglip
 
 __all__ = ["InfoNCELoss", "SigLIPLoss"]
 

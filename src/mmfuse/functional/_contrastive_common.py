@@ -1,0 +1,100 @@
+"""Pieces shared by the contrastive losses' dense and tiled paths (private).
+
+The constants are public through :mod:`mmfuse.functional.contrastive`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_TILE",
+    "NORM_EPS",
+    "_compute_dtype",
+    "_embedding_grads",
+    "_neg_inf_safe",
+    "_prep",
+    "_prep_backward",
+    "_scale_grad",
+    "_tiles",
+    "_valid_tile",
+]
+
+DEFAULT_TILE = 1024
+"""Tile size of the tiled path; also the size above which ``chunk_size=None`` tiles."""
+
+NORM_EPS = 1e-6
+"""L2 normalisation divides by ``max(||x||, NORM_EPS)``: a zero vector maps to zero and its
+gradient stays bounded (by ``1 / NORM_EPS`` times the incoming one)."""
+
+_NEG_INF = float("-inf")
+
+
+def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def _prep(x: Tensor, valid: Tensor | None, normalize: bool, ct: torch.dtype) -> Tensor:
+    """Cast to the compute dtype, zero removed rows, L2-normalise (safely)."""
+    x = x.to(ct)
+    if valid is not None:
+        x = x.where(valid[:, None], 0.0)
+    if normalize:
+        x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(NORM_EPS)
+    return x
+
+
+def _prep_backward(x: Tensor, valid: Tensor | None, normalize: bool, xh: Tensor,
+                   grad: Tensor) -> Tensor:
+    """Gradient of :func:`_prep` with respect to ``x`` (in ``x.dtype``), given ``xh = _prep(x)``
+    and the gradient with respect to ``xh``. Works in place on ``grad`` (no (B, D) temporaries
+    beyond the result, which matters at large B)."""
+    if normalize:
+        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=grad.dtype)  # (B, 1)
+        proj = torch.linalg.vecdot(xh, grad, dim=1).unsqueeze(1)  # (B, 1)
+        proj = proj.where(norm > NORM_EPS, 0.0)  # clamped norm: the projection term vanishes
+        grad.addcmul_(xh, proj, value=-1.0).div_(norm.clamp_min(NORM_EPS))
+    if valid is not None:  # removed rows (whose values may be anything) get no gradient
+        grad = grad.where(valid[:, None], 0.0)
+    return grad.to(x.dtype)
+
+
+def _scale_grad(dq: Tensor, qh: Tensor) -> Tensor:
+    """``sum(dq * qh)`` without a (B, D) temporary, summed over rows in float64."""
+    return torch.linalg.vecdot(dq, qh, dim=1).double().sum()
+
+
+def _tiles(n: int, t: int) -> list[tuple[int, int]]:
+    return [(i, min(i + t, n)) for i in range(0, n, t)]
+
+
+def _valid_tile(vq: Tensor | None, vk: Tensor | None, i0: int, i1: int, j0: int,
+                j1: int) -> Tensor | None:
+    if vq is None and vk is None:
+        return None
+    if vq is None:
+        assert vk is not None
+        return vk[None, j0:j1].expand(i1 - i0, j1 - j0)
+    if vk is None:
+        return vq[i0:i1, None].expand(i1 - i0, j1 - j0)
+    return vq[i0:i1, None] & vk[None, j0:j1]
+
+
+def _neg_inf_safe(n: Tensor) -> Tensor:
+    """-inf (no negatives) -> +inf, so that ``exp(L - n)`` is 0 there instead of inf."""
+    return n.where(n > _NEG_INF, float("inf"))
+
+
+def _embedding_grads(needs: tuple[bool, ...], q: Tensor, k: Tensor, scale: Tensor, s: Tensor,
+                     qh: Tensor, kh: Tensor, dq: Tensor, dk: Tensor, vq: Tensor | None,
+                     vk: Tensor | None, normalize: bool
+                     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(grad q, grad k, grad scale) at the end of a tiled backward, from ``dq`` (the gradient
+    with respect to ``qh = _prep(q)``, without the scale ``s``) and ``dk`` (with respect to
+    ``kh``, scale included); ``needs`` is ``ctx.needs_input_grad`` of ``(q, k, scale, ...)``.
+    Works in place on ``dq`` and ``dk`` (the scale's gradient is read before ``dq`` is scaled)."""
+    grad_scale = _scale_grad(dq, qh).to(scale.dtype) if needs[2] else None
+    grad_q = _prep_backward(q, vq, normalize, qh, dq.mul_(s)) if needs[0] else None
+    grad_k = _prep_backward(k, vk, normalize, kh, dk) if needs[1] else None
+    return grad_q, grad_k, grad_scale
