@@ -154,6 +154,9 @@ def test_configuration_checks() -> None:
     check_positive(0, owner="F", arg="p", allow_zero=True)
     with pytest.raises(ValueError, match="expected `p` to be a positive number, got 0"):
         check_positive(0, owner="F", arg="p")
+    for allow_zero in (False, True):
+        with pytest.raises(ValueError, match=r"^F: expected `t` to be a .* number, got nan\.$"):
+            check_positive(float("nan"), owner="F", arg="t", allow_zero=allow_zero)
     with pytest.raises(ValueError, match=r"unknown `mode` 'x'; expected one of \['a', 'b'\]"):
         check_choice("x", ["a", "b"], owner="F", arg="mode")
 

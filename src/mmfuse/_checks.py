@@ -310,9 +310,9 @@ def check_dims(dims: object, *, owner: object, arg: str = "dims") -> dict[str, i
 
 
 def check_positive(value: Any, *, owner: object, arg: str, allow_zero: bool = False) -> None:
-    """A positive (or non-negative) number; bools rejected."""
+    """A positive (or non-negative) number; bools and NaN rejected."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
+    if not ok or not (value >= 0 if allow_zero else value > 0):  # NaN fails both comparisons
         want = "a non-negative" if allow_zero else "a positive"
         raise ValueError(f"{owner_name(owner)}: expected `{arg}` to be {want} number, got {value!r}.")
 
