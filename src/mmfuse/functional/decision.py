@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_choice
+from .._checks import check_choice, check_same_device, check_tensor
 
 __all__ = [
     "DECISION_STRATEGIES",
@@ -139,6 +139,26 @@ def max_fusion(probs: Tensor, observed: Tensor) -> Tensor:
     return _uniform_where_empty(out, observed).to(probs.dtype)
 
 
+def _check_inputs(
+    predictions: Tensor, observed: Tensor, weights: Tensor | None, temperature: Tensor | None
+) -> None:
+    """The boundary of :func:`decision_fusion`: layouts, dtypes, sizes and one device."""
+    owner = "decision_fusion"
+    n = check_tensor(predictions, "B M C", owner=owner, arg="predictions")
+    b, m = n["B"], n["M"]
+    check_tensor(observed, "B M", owner=owner, arg="observed", floating=False, B=b, M=m)
+    if weights is not None:
+        two_d = isinstance(weights, Tensor) and weights.dim() == 2
+        check_tensor(weights, "B M" if two_d else "M", owner=owner, arg="weights", B=b, M=m)
+    if temperature is not None:
+        check_tensor(temperature, "M", owner=owner, arg="temperature", M=m)
+    check_same_device(
+        {"predictions": predictions, "observed": observed, "weights": weights,
+         "temperature": temperature},
+        owner=owner,
+    )
+
+
 def decision_fusion(
     predictions: Tensor,
     observed: Tensor,
@@ -163,6 +183,7 @@ def decision_fusion(
     """
     check_choice(strategy, DECISION_STRATEGIES, owner="decision_fusion", arg="strategy")
     check_choice(inputs, ("probs", "logits"), owner="decision_fusion", arg="inputs")
+    _check_inputs(predictions, observed, weights, temperature)
     dt = _work_dtype(predictions)
     x = _clean(predictions.to(dt), observed, 0.0)  # (B, M, C)
     if weights is None:

@@ -14,6 +14,7 @@ from .._checks import (
     check_features,
     check_positive,
     check_presence,
+    check_tensor,
     owner_name,
     presence_matrix,
 )
@@ -202,6 +203,7 @@ class DecisionFusion(nn.Module):
         For two classes this is the document's threshold rule ``p[1] > 0.5`` except at an exact
         tie, which goes to class 0.
         """
+        check_tensor(probs, "B C", owner="DecisionFusion.decide", arg="probs")
         return probs.argmax(dim=-1)
 
     def extra_repr(self) -> str:
