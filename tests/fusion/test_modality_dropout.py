@@ -141,3 +141,10 @@ def test_errors() -> None:
         drop({"a": torch.zeros(2, 1)}, {"c": torch.ones(2, dtype=torch.bool)})
     with pytest.raises(ShapeError, match=r"ModalityDropout: expected `present\['a'\]` of shape"):
         drop({"a": torch.zeros(2, 1)}, {"a": torch.ones(3, dtype=torch.bool)})
+
+
+def test_features_on_different_devices() -> None:
+    feats = {"a": torch.randn(4, 3), "b": torch.randn(4, 2, device="meta")}
+    with pytest.raises(ValueError, match=r"^ModalityDropout: expected `features\['b'\]` on cpu "
+                       r"like `features\['a'\]`, got meta\.$"):
+        ModalityDropout(0.5)(feats)

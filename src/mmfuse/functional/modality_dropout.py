@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._checks import check_probability, check_tensor
+
 __all__ = ["modality_dropout"]
 
 
@@ -33,6 +35,13 @@ def modality_dropout(
         - observed: (B, M) bool
         - output: (B, M) bool, a subset of ``observed``
     """
+    owner = "modality_dropout"
+    check_tensor(observed, "B M", owner=owner, arg="observed", floating=False)
+    check_probability(p, owner=owner, arg="p", closed=True)
+    if isinstance(min_present, bool) or not isinstance(min_present, int) or min_present < 0:
+        raise ValueError(
+            f"{owner}: expected `min_present` to be a non-negative int, got {min_present!r}."
+        )
     draw = torch.rand(observed.shape, generator=generator, device=observed.device)  # (B, M)
     dropped = observed & (draw < p)
     kept = observed & ~dropped

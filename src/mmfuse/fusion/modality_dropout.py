@@ -7,7 +7,13 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_presence, check_probability, format_shape, presence_matrix
+from .._checks import (
+    check_presence,
+    check_probability,
+    check_same_device,
+    format_shape,
+    presence_matrix,
+)
 from ..errors import ModalityError, ShapeError
 from ..functional import modality_dropout
 
@@ -88,6 +94,7 @@ class ModalityDropout(nn.Module):
                     f"`features[{m!r}]` with B={batch} like `features[{first!r}]`, "
                     f"got {format_shape(x.shape)}."
                 )
+        check_same_device({f"features[{m!r}]": x for m, x in features.items()}, owner=self)
         device = features[names[0]].device
         check_presence(present, names, batch, owner=self, device=device)
         observed = presence_matrix(features, present, names, batch, device)  # (B, M)
