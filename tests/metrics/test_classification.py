@@ -33,3 +33,15 @@ def test_scores_are_argmaxed_and_errors():
         accuracy(torch.tensor([0.0, 1.0]), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="unknown `average` 'binary'"):
         f1_score(target, target, average="binary")
+
+
+def test_num_classes_and_device_errors():
+    p, t = torch.tensor([0, 1, 2, 1]), torch.tensor([0, 1, 1, 1])
+    for bad in (0, -1, True, 2.0):
+        with pytest.raises(ValueError, match="^f1_score: expected `num_classes` to be a positive "
+                           "int or None, got "):
+            f1_score(p, t, num_classes=bad)
+    with pytest.raises(ValueError, match="^accuracy: expected `target` on meta like `pred`, got cpu"):
+        accuracy(p.to("meta"), t)
+    with pytest.raises(ValueError, match="^f1_score: expected `target` on meta like `pred`"):
+        f1_score(p.to("meta"), t)

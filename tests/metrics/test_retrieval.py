@@ -125,3 +125,37 @@ def test_errors():
         retrieval_metrics(torch.randn(2, 2), positives=torch.zeros(2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="`ks` to be positive ints"):
         retrieval_metrics(x, x, ks=(0,))
+
+
+def test_config_errors_fail_in_the_constructor():
+    for ks in ((0,), (True,), (1.5,), ()):
+        with pytest.raises(ValueError, match=r"^RetrievalMetrics: expected `ks` to be positive ints"):
+            RetrievalMetrics(ks=ks)
+    with pytest.raises(ValueError, match="^RetrievalMetrics: expected `chunk_size` to be a "
+                       "positive int, got 0"):
+        RetrievalMetrics(chunk_size=0)
+    for ks in (5, "15"):
+        with pytest.raises(TypeError, match="^retrieval_metrics: expected `ks` to be a sequence "
+                           "of positive ints"):
+            retrieval_metrics(torch.randn(3, 4), torch.randn(3, 4), ks=ks)
+
+
+def test_update_refuses_a_changed_embedding_size():
+    metric = RetrievalMetrics()
+    metric.update(torch.randn(3, 8), torch.randn(3, 8))
+    with pytest.raises(ShapeError, match=r"^RetrievalMetrics: expected `query` of shape \(N, D\) "
+                       r"with D=8, got \(3, 7\)\.$"):
+        metric.update(torch.randn(3, 7), torch.randn(3, 7))
+
+
+def test_mixed_devices_and_non_finite_inputs():
+    x = torch.randn(6, 4)
+    with pytest.raises(ValueError, match="^retrieval_metrics: expected `gallery` on meta like "
+                       "`query`, got cpu"):
+        retrieval_metrics(x.to("meta"), x)
+    bad = x.clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="^retrieval_metrics: expected finite similarities"):
+        retrieval_metrics(bad, x)
+    with pytest.raises(ValueError, match="expected finite similarities"):
+        retrieval_metrics(torch.full((3, 3), float("inf")))

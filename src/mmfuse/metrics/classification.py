@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_tensor
+from .._checks import check_choice, check_same_device, check_tensor
 
 __all__ = ["accuracy", "f1_score"]
 
@@ -16,6 +16,7 @@ def _labels(pred: Tensor, target: Tensor, *, owner: str) -> tuple[Tensor, Tensor
         check_tensor(pred, "N C", owner=owner, arg="pred", floating=None)
     n = pred.shape[0]
     check_tensor(target, "N", owner=owner, arg="target", floating=None, N=n)
+    check_same_device({"pred": pred, "target": target}, owner=owner)
     if pred.dim() == 2:
         pred = pred.argmax(1)
     if pred.is_floating_point() or target.is_floating_point():
@@ -52,8 +53,14 @@ def f1_score(pred: Tensor, target: Tensor, *, num_classes: int | None = None,
             ``"micro"`` (global counts; equals accuracy for single-label data).
     """
     check_choice(average, ("macro", "weighted", "micro"), owner="f1_score", arg="average")
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
+        raise ValueError(
+            f"f1_score: expected `num_classes` to be a positive int or None, got {num_classes!r}."
+        )
     p, t = _labels(pred, target, owner="f1_score")
-    classes = torch.arange(num_classes) if num_classes is not None else torch.unique(torch.cat([p, t]))
+    classes = torch.arange(num_classes, device=p.device) if num_classes is not None else torch.unique(torch.cat([p, t]))
     hit_p = p[:, None] == classes[None, :]  # (N, C)
     hit_t = t[:, None] == classes[None, :]
     tp = (hit_p & hit_t).sum(0).double()

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import check_tensor, format_shape, owner_name
+from .._checks import check_same_device, check_tensor, format_shape, owner_name
 
 __all__ = ["RetrievalMetrics", "retrieval_metrics"]
 
@@ -46,6 +46,20 @@ def _relevance(positives: Any, n: int, m: int, *, owner: object) -> Any:
     check_tensor(positives, "N M", owner=owner, arg="positives", floating=False, N=n, M=m)
     assert isinstance(positives, Tensor)
     return lambda r0, r1, dev: positives[r0:r1].to(dev)
+
+
+def _check_config(ks: Any, chunk_size: Any, *, owner: object) -> tuple[int, ...]:
+    """Validate ``ks`` (a non-empty sequence of positive ints) and ``chunk_size``; return ks."""
+    name = owner_name(owner)
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, Sequence):
+        raise TypeError(f"{name}: expected `ks` to be a sequence of positive ints, got {ks!r}.")
+    ks = tuple(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"{name}: expected `ks` to be positive ints, got {ks!r}.")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size <= 0):
+        raise ValueError(f"{name}: expected `chunk_size` to be a positive int, got {chunk_size!r}.")
+    return ks
 
 
 def _chunk_stats(sim: Tensor, rel: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -108,9 +122,7 @@ def retrieval_metrics(
         1.0
     """
     owner = "retrieval_metrics"
-    ks = tuple(ks)
-    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
-        raise ValueError(f"{owner}: expected `ks` to be positive ints, got {ks!r}.")
+    ks = _check_config(ks, chunk_size, owner=owner)
     if gallery is None:
         sizes = check_tensor(query, "N M", owner=owner, arg="query")
         n, m = sizes["N"], sizes["M"]
@@ -118,14 +130,12 @@ def retrieval_metrics(
         sizes = check_tensor(query, "N D", owner=owner, arg="query")
         m = check_tensor(gallery, "M D", owner=owner, arg="gallery", D=sizes["D"])["M"]
         n = sizes["N"]
+        check_same_device({"query": query, "gallery": gallery}, owner=owner)
         if normalize:
             query = query / query.norm(dim=1, keepdim=True).clamp_min(1e-12)
             gallery = gallery / gallery.norm(dim=1, keepdim=True).clamp_min(1e-12)
     if n == 0 or m == 0:
         raise ValueError(f"{owner}: expected at least one query and one gallery item, got N={n}, M={m}.")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                   or chunk_size <= 0):
-        raise ValueError(f"{owner}: expected `chunk_size` to be a positive int, got {chunk_size!r}.")
     relevance = _relevance(positives, n, m, owner=owner)
     rows = chunk_size or max(1, _CHUNK_ELEMENTS // m)
     ranks, aps = [], []
@@ -134,6 +144,11 @@ def retrieval_metrics(
             r1 = min(n, r0 + rows)
             sim = query[r0:r1] if gallery is None else query[r0:r1] @ gallery.T  # (c, M)
             sim = sim.float() if sim.dtype != torch.float64 else sim
+            if not bool(torch.isfinite(sim).all()):  # ranks of NaN scores are meaningless
+                raise ValueError(
+                    f"{owner}: expected finite similarities, got NaN or inf (check `query` and "
+                    f"`gallery` for NaN/inf values)."
+                )
             rank, ap, ok = _chunk_stats(sim, relevance(r0, r1, sim.device))
             ranks.append(rank[ok])
             aps.append(ap[ok])
@@ -166,7 +181,8 @@ class RetrievalMetrics:
 
     def __init__(self, *, ks: Sequence[int] = (1, 5, 10), chunk_size: int | None = None,
                  normalize: bool = True) -> None:
-        self.ks, self.chunk_size, self.normalize = tuple(ks), chunk_size, normalize
+        self.ks = _check_config(ks, chunk_size, owner=self)
+        self.chunk_size, self.normalize = chunk_size, normalize
         self.reset()
 
     def reset(self) -> None:
@@ -179,6 +195,8 @@ class RetrievalMetrics:
         """Add a batch: query (n, D), gallery (m, D), optional labels (n,) and (m,)."""
         owner = self
         d = check_tensor(query, "N D", owner=owner, arg="query")["D"]
+        if self._query:  # every update must match the first one's embedding size
+            d = check_tensor(query, "N D", owner=owner, arg="query", D=self._query[0].shape[1])["D"]
         check_tensor(gallery, "M D", owner=owner, arg="gallery", D=d)
         labelled = query_labels is not None or gallery_labels is not None
         if labelled and (query_labels is None or gallery_labels is None):
