@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -37,7 +39,8 @@ def test_scores_are_argmaxed_and_errors():
 
 def test_num_classes_and_device_errors():
     p, t = torch.tensor([0, 1, 2, 1]), torch.tensor([0, 1, 1, 1])
-    for bad in (0, -1, True, 2.0):
+    bad_values: list[Any] = [0, -1, True, 2.0]
+    for bad in bad_values:
         with pytest.raises(ValueError, match="^f1_score: expected `num_classes` to be a positive "
                            "int or None, got "):
             f1_score(p, t, num_classes=bad)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -128,16 +130,17 @@ def test_errors():
 
 
 def test_config_errors_fail_in_the_constructor():
-    for ks in ((0,), (True,), (1.5,), ()):
+    bad: list[Any] = [(0,), (True,), (1.5,), ()]
+    for ks in bad:
         with pytest.raises(ValueError, match=r"^RetrievalMetrics: expected `ks` to be positive ints"):
             RetrievalMetrics(ks=ks)
     with pytest.raises(ValueError, match="^RetrievalMetrics: expected `chunk_size` to be a "
                        "positive int, got 0"):
         RetrievalMetrics(chunk_size=0)
-    for ks in (5, "15"):
+    for not_seq in (5, "15"):
         with pytest.raises(TypeError, match="^retrieval_metrics: expected `ks` to be a sequence "
                            "of positive ints"):
-            retrieval_metrics(torch.randn(3, 4), torch.randn(3, 4), ks=ks)
+            retrieval_metrics(torch.randn(3, 4), torch.randn(3, 4), ks=not_seq)  # type: ignore[arg-type]
 
 
 def test_update_refuses_a_changed_embedding_size():
