@@ -7,6 +7,7 @@ import torch
 
 from mmfuse import ModalityError, ShapeError
 from mmfuse._checks import (
+    check_batched,
     check_choice,
     check_dims,
     check_features,
@@ -199,3 +200,12 @@ def test_validators_do_not_break_the_graph() -> None:
     compiled = torch.compile(f, backend="eager", fullgraph=True)
     x, pres = feats(), {"text": torch.tensor([True, False, True])}
     torch.testing.assert_close(compiled(x, pres), f(x, pres))
+
+
+def test_check_batched() -> None:
+    assert check_batched(torch.zeros(3, 2, dtype=torch.long), owner="F", arg="x") == 3
+    assert check_batched(torch.zeros(0), owner="F", arg="x") == 0
+    for bad, got in ((torch.tensor(1.0), "a 0-d tensor"), ([1.0], "list"), (None, "NoneType")):
+        with pytest.raises(TypeError, match=rf"^F: expected `x` to be a tensor of shape \(B, \.\.\.\), "
+                           rf"got {got}\.$"):
+            check_batched(bad, owner="F", arg="x")

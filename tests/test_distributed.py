@@ -100,3 +100,12 @@ def test_without_process_group_gather_is_identity():
     x = torch.randn(3, 2, requires_grad=True)
     assert all_gather_with_grad(x) is x
     assert not is_distributed()
+
+
+def test_without_a_process_group_checks_and_returns_the_input() -> None:
+    x = torch.randn(3, 4)
+    assert all_gather_with_grad(x) is x
+    for bad, got in ((None, "NoneType"), ([1.0], "list"), (torch.tensor(1.0), "a 0-d tensor")):
+        with pytest.raises(TypeError, match=rf"^all_gather_with_grad: expected `x` to be a tensor "
+                           rf"of shape \(B, \.\.\.\), got {got}\.$"):
+            all_gather_with_grad(bad)  # type: ignore[arg-type]

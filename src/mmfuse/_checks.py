@@ -21,6 +21,7 @@ from torch import Tensor
 from .errors import ModalityError, ShapeError
 
 __all__ = [
+    "check_batched",
     "check_choice",
     "check_dims",
     "check_features",
@@ -107,6 +108,17 @@ def check_tensor(
             )
         bound[name] = size
     return bound
+
+
+def check_batched(x: object, *, owner: object, arg: str) -> int:
+    """Check ``x`` is a tensor of shape (B, *) (any dtype, at least one dimension); return B."""
+    if not isinstance(x, Tensor) or x.dim() == 0:
+        got = format_shape(x.shape) if isinstance(x, Tensor) and x.dim() else (
+            "a 0-d tensor" if isinstance(x, Tensor) else type(x).__name__)
+        raise TypeError(
+            f"{owner_name(owner)}: expected `{arg}` to be a tensor of shape (B, ...), got {got}."
+        )
+    return int(x.shape[0])
 
 
 def check_features(

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch import distributed as dist
 
-from ._checks import check_choice, owner_name
+from ._checks import check_batched, check_choice, owner_name
 from .functional._contrastive_checks import _check_pair_inputs, _tile_size
 from .functional.contrastive import _weighted_mean, info_nce_terms, make_pairs
 
@@ -85,6 +85,7 @@ def all_gather_with_grad(x: Tensor, *, group: Any = None) -> Tensor:
         - x: (B_r, *) on rank r
         - output: (sum_r B_r, *)
     """
+    check_batched(x, owner="all_gather_with_grad", arg="x")
     if not is_distributed(group):
         return x
     sizes = gather_sizes(x.shape[0], device=x.device, group=group)
