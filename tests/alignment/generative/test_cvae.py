@@ -143,3 +143,17 @@ def test_errors() -> None:
         head(torch.randn(2, 1, 4, 4), torch.randn(3, E))
     with pytest.raises(ShapeError, match=r"CVAEHead: expected `noise` of shape \(B, L\) with B=2, L=3, got \(2, 4\)"):
         head.sample(torch.randn(2, E), noise=torch.randn(2, 4))
+
+
+def test_loss_and_sampling_argument_values_are_checked() -> None:
+    head = make()
+    x, c = torch.randn(2, 1, 4, 4), torch.randn(2, E)
+    for beta in (-1.0, float("nan"), True):
+        with pytest.raises(ValueError, match=r"^CVAEHead: expected `beta` to be a non-negative number, got "):
+            head.loss(x, c, beta=beta)
+    with pytest.raises(ValueError, match=r"^CVAEHead: expected at least one sample in `x` to average the loss over, got B=0\.$"):
+        head.loss(x[:0], c[:0])
+    with pytest.raises(ValueError, match=r"^CVAEHead: expected `temperature` to be a non-negative number, got nan\.$"):
+        head.sample(c, temperature=float("nan"))
+    with pytest.raises(ValueError, match=r"^CVAEHead: expected `obs_sigma` to be a positive number, got nan\.$"):
+        CVAEHead(4, 2, 2, obs_sigma=float("nan"))

@@ -360,3 +360,27 @@ def test_loss_gradcheck_and_low_precision() -> None:
     loss = bf.loss(torch.randn(2, 1, 4, 4, dtype=torch.bfloat16), torch.randn(2, E, dtype=torch.bfloat16),
                    generator=gen(0))
     assert loss.dtype == torch.float32 and bool(torch.isfinite(loss))
+
+
+def test_sampling_argument_values_are_checked() -> None:
+    head = make()
+    c = torch.randn(2, E)
+    with pytest.raises(ValueError, match=r"^DiffusionHead: expected `steps` to be an int or None, got 2\.5\.$"):
+        head.sample(c, steps=2.5)  # type: ignore[arg-type]
+    for scale in (float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match=r"^DiffusionHead: expected `guidance_scale` to be a finite number"):
+            head.sample(c, steps=2, guidance_scale=scale)
+    with pytest.raises(ValueError, match=r"^DiffusionHead: expected `eta` to be a non-negative number, got nan\.$"):
+        head.sample(c, steps=2, eta=float("nan"))
+    for clip in ((1.0, -1.0), (float("nan"), 1.0), 1.0, (0.0, 1.0, 2.0)):
+        with pytest.raises(ValueError, match=r"^DiffusionHead: expected `clip_x0` to be a \(low, high\) pair"):
+            head.sample(c, steps=2, clip_x0=clip)  # type: ignore[arg-type]
+    assert head.sample(c, steps=2, clip_x0=[-1.0, 1.0]).abs().max() <= 1.0  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^DiffusionHead: expected `noise` on cpu like `cond`, got meta\.$"):
+        head.sample(c, steps=2, noise=torch.randn(2, *head.target_shape, device="meta"))
+
+
+def test_loss_refuses_an_empty_batch() -> None:
+    head = make()
+    with pytest.raises(ValueError, match=r"^DiffusionHead: expected at least one sample in `x0` to average the loss over, got B=0\.$"):
+        head.loss(torch.randn(0, *head.target_shape), torch.randn(0, E))

@@ -52,6 +52,15 @@ def check_target(x: object, shape: tuple[int, ...], *, owner: object, arg: str,
     return check_tensor(x, layout, owner=owner, arg=arg, **sizes)["B"]
 
 
+def check_loss_batch(batch: int, *, owner: object, arg: str) -> None:
+    """A loss averages over the batch: refuse B=0 (the mean of nothing is NaN)."""
+    if batch == 0:
+        raise ValueError(
+            f"{owner_name(owner)}: expected at least one sample in `{arg}` to average the loss "
+            f"over, got B=0."
+        )
+
+
 def check_labels(labels: object, *, owner: object, arg: str, batch: int | None = None,
                  what: str = "class indices") -> int:
     """An integer (B,) tensor (class indices, timesteps); returns B. Values are not read."""

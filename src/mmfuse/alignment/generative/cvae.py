@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..._checks import check_choice, check_positive, check_tensor
 from ...functional import gaussian_kl, reparameterize
-from ._common import check_target, draw_normal
+from ._common import check_loss_batch, check_target, draw_normal
 from ._common import target_shape as _target_shape
 
 __all__ = ["CVAEHead", "CVAELoss", "CVAEOutput"]
@@ -185,8 +185,10 @@ class CVAEHead(nn.Module):
         ``noise`` (B, L) fixes the posterior draw; by default it is drawn fresh (also in eval
         mode, so the value is a one-sample estimate), from ``generator`` if given.
         """
+        check_positive(beta, owner=self, arg="beta", allow_zero=True)
+        batch = check_target(x, self.target_shape, owner=self, arg="x")
+        check_loss_batch(batch, owner=self, arg="x")
         if noise is None:
-            batch = check_target(x, self.target_shape, owner=self, arg="x")
             noise = draw_normal((batch, self.latent_dim), device=x.device, dtype=x.dtype,
                                 generator=generator)
         out = self(x, cond, noise=noise)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..._checks import check_choice, check_positive, check_tensor, owner_name
+from ..._checks import (
+    check_choice,
+    check_positive,
+    check_same_device,
+    check_tensor,
+    owner_name,
+)
 from ...functional import (
     alphas_cumprod,
     beta_schedule,
@@ -20,7 +27,13 @@ from ...functional import (
     timestep_embedding,
     v_target,
 )
-from ._common import check_labels, check_target, draw_normal, draw_uniform
+from ._common import (
+    check_labels,
+    check_loss_batch,
+    check_target,
+    draw_normal,
+    draw_uniform,
+)
 from ._common import target_shape as _target_shape
 from ._denoiser import MLPDenoiser, UNetDenoiser, default_levels
 
@@ -202,6 +215,7 @@ class DiffusionHead(nn.Module):
         the condition is dropped at rate ``cond_dropout`` only in training mode.
         """
         batch = check_target(x0, self.target_shape, owner=self, arg="x0")
+        check_loss_batch(batch, owner=self, arg="x0")
         self._check_cond(cond, batch)
         device, work = x0.device, torch.promote_types(x0.dtype, torch.float32)
         if t is None:
@@ -229,6 +243,8 @@ class DiffusionHead(nn.Module):
         (all T by default)."""
         n = self.num_steps if steps is None else steps
         check_positive(n, owner=self, arg="steps")
+        if not isinstance(n, int):
+            raise ValueError(f"{owner_name(self)}: expected `steps` to be an int or None, got {n!r}.")
         if n > self.num_steps:
             raise ValueError(
                 f"{owner_name(self)}: expected `steps` <= num_steps={self.num_steps}, got {n}."
@@ -286,8 +302,25 @@ class DiffusionHead(nn.Module):
         batch = self._check_cond(cond)
         check_choice(sampler, SAMPLERS, owner=self, arg="sampler")
         check_positive(eta, owner=self, arg="eta", allow_zero=True)
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or (
+            not math.isfinite(guidance_scale)
+        ):
+            raise ValueError(
+                f"{owner_name(self)}: expected `guidance_scale` to be a finite number, "
+                f"got {guidance_scale!r}."
+            )
+        if clip_x0 is not None and not (
+            isinstance(clip_x0, (tuple, list)) and len(clip_x0) == 2
+            and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in clip_x0)
+            and clip_x0[0] < clip_x0[1]  # NaN fails
+        ):
+            raise ValueError(
+                f"{owner_name(self)}: expected `clip_x0` to be a (low, high) pair of numbers "
+                f"with low < high, got {clip_x0!r}."
+            )
         if uncond is not None:
             check_tensor(uncond, "B E", owner=self, arg="uncond", B=batch, E=self.cond_dim)
+        check_same_device({"cond": cond, "uncond": uncond, "noise": noise}, owner=self)
         device, dtype = cond.device, cond.dtype
         work = torch.promote_types(dtype, torch.float32)  # the sampler's arithmetic
         shape = (batch, *self.target_shape)
