@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_choice
+from .._checks import check_choice, check_positive, check_same_device, check_tensor
 
 __all__ = [
     "ALIGN_MODES",
@@ -40,9 +40,16 @@ def align_to_times(values: Tensor, times: Tensor, query: Tensor, mode: str = "ne
         - values: (B, F, S); times: (B, S), non-decreasing; query: (B, T)
         - output: (B, T, F), in ``values``' dtype
     """
-    check_choice(mode, ALIGN_MODES, owner="align_to_times", arg="mode")
+    owner = "align_to_times"
+    check_choice(mode, ALIGN_MODES, owner=owner, arg="mode")
+    n = check_tensor(values, "B F S", owner=owner, arg="values", floating=None)
+    s = n["S"]
+    check_tensor(times, "B S", owner=owner, arg="times", floating=None, B=n["B"], S=s)
+    check_tensor(query, "B T", owner=owner, arg="query", floating=None, B=n["B"])
+    check_same_device({"values": values, "times": times, "query": query}, owner=owner)
+    if s == 0:
+        raise ValueError(f"{owner}: expected at least one time step in `values`, got S=0.")
     dt = _times_dtype(times, query)
-    s = values.shape[-1]
     t_src = times.to(dt).contiguous()  # (B, S)
     t_q = query.to(dt).contiguous()  # (B, T)
     idx = torch.searchsorted(t_src, t_q)  # (B, T): first step with time >= query
@@ -75,7 +82,11 @@ def spectrogram_to_grid(aligned: Tensor, height: int, width: int, mode: str = "b
         - aligned: (B, T, K)
         - output: (B, T, K, H, W) for ``"broadcast"``, (B, T, 1, H, W) for ``"resize"``
     """
-    check_choice(mode, GRID_MODES, owner="spectrogram_to_grid", arg="mode")
+    owner = "spectrogram_to_grid"
+    check_choice(mode, GRID_MODES, owner=owner, arg="mode")
+    check_tensor(aligned, "B T K", owner=owner, arg="aligned", floating=None)
+    for arg, size in (("height", height), ("width", width)):
+        check_positive(size, owner=owner, arg=arg)
     b, t, k = aligned.shape
     if mode == "broadcast":
         return aligned[..., None, None].expand(b, t, k, height, width)
@@ -95,4 +106,12 @@ def time_order_violations(times: Tensor) -> Tensor:
 def time_overlap(a: Tensor, b: Tensor) -> Tensor:
     """(B,) bool, True where the spans ``[a[i, 0], a[i, -1]]`` and ``[b[i, 0], b[i, -1]]``
     intersect. ``a`` (B, T) and ``b`` (B, S) sorted along time. Reads values."""
+    owner = "time_overlap"
+    n = check_tensor(a, "B T", owner=owner, arg="a", floating=None)
+    m = check_tensor(b, "B S", owner=owner, arg="b", floating=None, B=n["B"])
+    check_same_device({"a": a, "b": b}, owner=owner)
+    if n["T"] == 0 or m["S"] == 0:
+        raise ValueError(
+            f"{owner}: expected at least one time in `a` and in `b`, got T={n['T']}, S={m['S']}."
+        )
     return (a[:, 0] <= b[:, -1]) & (b[:, 0] <= a[:, -1])
