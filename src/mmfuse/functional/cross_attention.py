@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._checks import check_mask, check_tensor
+
 __all__ = ["masked_cross_attention", "masked_mean"]
 
 
@@ -27,6 +29,11 @@ def masked_cross_attention(
         - query: (B, H, Nq, d); key, value: (B, H, Nk, d); key_mask: (B, Nk) bool, True = keep
         - output: (B, H, Nq, d), zero for a sample with no kept key
     """
+    owner = "masked_cross_attention"
+    n = check_tensor(query, "B H L d", owner=owner, arg="query")
+    kn = check_tensor(key, "B H N d", owner=owner, arg="key", B=n["B"], H=n["H"], d=n["d"])
+    check_tensor(value, "B H N e", owner=owner, arg="value", B=n["B"], H=n["H"], N=kn["N"])
+    check_mask(key_mask, owner=owner, arg="key_mask", B=n["B"], N=kn["N"], device=query.device)
     has_key = key_mask.any(dim=-1)  # (B,)
     safe = key_mask | ~has_key.unsqueeze(-1)  # (B, Nk): empty rows attend to everything
     out = F.scaled_dot_product_attention(
@@ -42,6 +49,8 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
         - x: (B, N, D); mask: (B, N) bool, True = keep
         - output: (B, D)
     """
+    n = check_tensor(x, "B N D", owner="masked_mean", arg="x")
+    check_mask(mask, owner="masked_mean", arg="mask", B=n["B"], N=n["N"], device=x.device)
     keep = mask.unsqueeze(-1)  # (B, N, 1)
     total = x.where(keep, 0.0).sum(dim=1)  # (B, D)
     count = mask.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)  # (B, 1)

@@ -290,6 +290,8 @@ def consistency_score(generated_emb: Tensor, condition_emb: Tensor) -> Consisten
     owner = "consistency_score"
     n = check_tensor(generated_emb, "N D", owner=owner, arg="generated_emb")
     check_tensor(condition_emb, "N D", owner=owner, arg="condition_emb", N=n["N"], D=n["D"])
+    if n["N"] == 0:
+        raise ValueError(f"{owner}: expected at least one pair to score, got N=0.")
     work = torch.promote_types(generated_emb.dtype, torch.float32)
     g = torch.nn.functional.normalize(generated_emb.to(work), dim=-1)
     c = torch.nn.functional.normalize(condition_emb.to(work), dim=-1)

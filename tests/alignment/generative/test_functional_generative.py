@@ -316,3 +316,8 @@ def test_predict_start_round_trip_property(b: int, d: int, seed: int, prediction
     torch.testing.assert_close(eps_hat, eps, atol=1e-6, rtol=1e-6)
     # A deterministic DDIM step with the true x0 and eps stays on the marginal.
     torch.testing.assert_close(ddim_step(x0_hat, eps_hat, ab, 1.0), x0, atol=1e-6, rtol=1e-6)
+
+
+def test_consistency_score_refuses_an_empty_batch() -> None:
+    with pytest.raises(ValueError, match="^consistency_score: expected at least one pair to score, got N=0.$"):
+        consistency_score(torch.randn(0, 4), torch.randn(0, 4))
