@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._checks import check_mask, check_tensor
+
 __all__ = [
     "divided_attention",
     "graph_attention",
@@ -70,6 +72,14 @@ def masked_attention(
     Returns:
         ``(output, weights)``; rows whose keys are all masked, and masked queries, are zero.
     """
+    owner = "masked_attention"
+    n = check_tensor(q, "B h L d", owner=owner, arg="q")
+    b, h = n["B"], n["h"]
+    kn = check_tensor(k, "B h N d", owner=owner, arg="k", B=b, h=h, d=n["d"])
+    check_tensor(v, "B h N e", owner=owner, arg="v", B=b, h=h, N=kn["N"])
+    check_mask(key_mask, owner=owner, arg="key_mask", B=b, N=kn["N"], device=q.device)
+    check_mask(query_mask, owner=owner, arg="query_mask", layout="B L", B=b, L=n["L"],
+               device=q.device)
     attn_mask, has_key = _key_mask_for(key_mask)
     weights: Tensor | None = None
     if need_weights:

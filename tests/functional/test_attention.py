@@ -1,0 +1,44 @@
+"""Boundary checks and masked-row behaviour of mmfuse.functional.attention.masked_attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmfuse import ShapeError
+from mmfuse.functional import masked_attention
+
+Q, K, V = torch.randn(2, 2, 3, 4), torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 6)
+
+
+def test_all_masked_rows_are_zero_with_finite_gradients() -> None:
+    q = Q.clone().requires_grad_()
+    none = torch.zeros(2, 5, dtype=torch.bool)
+    out, w = masked_attention(q, K, V, none, need_weights=True)
+    assert w is not None and not out.any() and not w.any()
+    out.sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+def test_shape_dtype_and_device_errors() -> None:
+    with pytest.raises(ShapeError, match=r"^masked_attention: expected `q` of shape \(B, h, L, d\), "
+                       r"got \(2, 3, 4\)\.$"):
+        masked_attention(Q[0], K[0], V[0])
+    with pytest.raises(ShapeError, match=r"^masked_attention: expected `k` of shape \(B, h, N, d\) "
+                       r"with B=2, h=2, d=4, got \(2, 2, 5, 3\)\.$"):
+        masked_attention(Q, torch.randn(2, 2, 5, 3), V)
+    with pytest.raises(ShapeError, match=r"expected `v` of shape \(B, h, N, e\) with B=2, h=2, N=5"):
+        masked_attention(Q, K, V[:, :, :4])
+    with pytest.raises(TypeError, match="^masked_attention: expected `q` to be a floating-point"):
+        masked_attention(Q.long(), K.long(), V.long())
+    with pytest.raises(TypeError, match="^masked_attention: expected `key_mask` to be a torch.bool"):
+        masked_attention(Q, K, V, torch.ones(2, 5))
+    with pytest.raises(ShapeError, match=r"^masked_attention: expected `key_mask` of shape \(B, N\) "
+                       r"with B=2, N=5, got \(2, 4\)\.$"):
+        masked_attention(Q, K, V, torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ShapeError, match=r"^masked_attention: expected `query_mask` of shape \(B, L\) "
+                       r"with B=2, L=3, got \(2, 5\)\.$"):
+        masked_attention(Q, K, V, query_mask=torch.ones(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="^masked_attention: expected `key_mask` on cpu like the "
+                       "inputs, got meta"):
+        masked_attention(Q, K, V, torch.ones(2, 5, dtype=torch.bool, device="meta"))
