@@ -124,3 +124,33 @@ def test_bad_inputs() -> None:
         mel_filterbank(10, 4, 8000, mel_scale="bark")
     with pytest.raises(ValueError, match="f_max"):
         mel_filterbank(10, 4, 8000, f_max=9000)
+
+
+def test_argument_values_are_checked_at_the_boundary() -> None:
+    from mmfuse.functional import (
+        dct_matrix,
+        hz_to_mel,
+        log_mel_spectrogram,
+        mel_to_hz,
+        mfcc,
+        spectrogram,
+    )
+
+    w = torch.randn(2, 1600)
+    for arg in ("hop_length", "win_length"):
+        with pytest.raises(ValueError, match=rf"^spectrogram: expected `{arg}` to be a positive number, got 0\.$"):
+            spectrogram(w, **{arg: 0})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^spectrogram: expected `win_length` <= n_fft=400, got 500\.$"):
+        spectrogram(w, win_length=500)
+    with pytest.raises(ValueError, match=r"^spectrogram: expected `power` to be a positive number, got nan\.$"):
+        spectrogram(w, power=float("nan"))
+    with pytest.raises(ShapeError, match=r"^log_mel_spectrogram: expected `filterbank` of shape \(F, M\) "
+                       r"with F=201, got \(10, 64\)\.$"):
+        log_mel_spectrogram(w, 16000, filterbank=torch.randn(10, 64))
+    with pytest.raises(ValueError, match=r"^mfcc: expected `n_mfcc` to be a positive number, got 0\.$"):
+        mfcc(w, 16000, n_mfcc=0)
+    with pytest.raises(ValueError, match=r"^dct_matrix: expected `n_in` to be a positive number, got 0\.$"):
+        dct_matrix(4, 0)
+    for fn in (hz_to_mel, mel_to_hz):
+        with pytest.raises(ValueError, match=rf"^{fn.__name__}: unknown `mel_scale` 'x'"):
+            fn(100.0, "x")

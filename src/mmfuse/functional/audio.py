@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_positive, format_shape
+from .._checks import check_choice, check_positive, check_tensor, format_shape
 from ..errors import ShapeError
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
 def hz_to_mel(freq: Tensor | float, mel_scale: str = "htk") -> Tensor:
     """Frequency in Hz to mels (``"htk"``: 2595 log10(1 + f/700); ``"slaney"``: linear below
     1 kHz, logarithmic above, as in the Auditory Toolbox)."""
+    check_choice(mel_scale, ("htk", "slaney"), owner="hz_to_mel", arg="mel_scale")
     f = torch.as_tensor(freq, dtype=torch.float64)
     if mel_scale == "htk":
         return 2595.0 * torch.log10(1.0 + f / 700.0)
@@ -38,6 +39,7 @@ def hz_to_mel(freq: Tensor | float, mel_scale: str = "htk") -> Tensor:
 
 def mel_to_hz(mel: Tensor | float, mel_scale: str = "htk") -> Tensor:
     """Inverse of :func:`hz_to_mel`."""
+    check_choice(mel_scale, ("htk", "slaney"), owner="mel_to_hz", arg="mel_scale")
     m = torch.as_tensor(mel, dtype=torch.float64)
     if mel_scale == "htk":
         return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
@@ -129,8 +131,14 @@ def spectrogram(
     owner = "spectrogram"
     _check_waveform(waveform, owner)
     check_positive(n_fft, owner=owner, arg="n_fft")
+    check_positive(power, owner=owner, arg="power")
+    for arg, value in (("hop_length", hop_length), ("win_length", win_length)):
+        if value is not None:  # 0 used to fall back to the default silently
+            check_positive(value, owner=owner, arg=arg)
     hop = hop_length or n_fft // 4
     win = win_length or n_fft
+    if win > n_fft:
+        raise ValueError(f"{owner}: expected `win_length` <= n_fft={n_fft}, got {win}.")
     lead = waveform.shape[:-1]
     x = waveform.reshape(-1, waveform.shape[-1])  # (N, S)
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
@@ -167,6 +175,9 @@ def log_mel_spectrogram(
         - output: (..., n_mels, frames)
     """
     power = spectrogram(waveform, n_fft, hop_length, power=2.0)  # (..., F, frames)
+    if filterbank is not None:
+        check_tensor(filterbank, "F M", owner="log_mel_spectrogram", arg="filterbank",
+                     F=n_fft // 2 + 1)
     if filterbank is None:
         filterbank = mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate, f_min, f_max,
                                     mel_scale=mel_scale, device=power.device, dtype=power.dtype)
@@ -177,6 +188,8 @@ def log_mel_spectrogram(
 def dct_matrix(n_out: int, n_in: int, *, dtype: torch.dtype | None = None,
                device: torch.device | str | None = None) -> Tensor:
     """Orthonormal DCT-II as an (n_in, n_out) matrix: ``x @ D`` transforms the last dim."""
+    for arg, value in (("n_out", n_out), ("n_in", n_in)):
+        check_positive(value, owner="dct_matrix", arg=arg)
     n = torch.arange(n_in, dtype=torch.float64)
     k = torch.arange(n_out, dtype=torch.float64)
     d = torch.cos(math.pi / n_in * (n[:, None] + 0.5) * k[None, :])  # (n_in, n_out)
@@ -203,6 +216,7 @@ def mfcc(
         - waveform: (..., S)
         - output: (..., n_mfcc, frames)
     """
+    check_positive(n_mfcc, owner="mfcc", arg="n_mfcc")
     if n_mfcc > n_mels:
         raise ValueError(f"mfcc: expected `n_mfcc` <= n_mels={n_mels}, got {n_mfcc}.")
     logmel = log_mel_spectrogram(waveform, sample_rate, n_fft=n_fft, hop_length=hop_length,
