@@ -94,6 +94,7 @@ def beta_schedule(kind: str, num_steps: int) -> Tensor:
 
 def alphas_cumprod(betas: Tensor) -> Tensor:
     """``alpha_bar[t] = prod_{s<=t} (1 - beta[s])``, same shape and dtype as ``betas``."""
+    check_tensor(betas, "T", owner="alphas_cumprod", arg="betas")
     return torch.cumprod(1 - betas, dim=0)
 
 
@@ -218,6 +219,8 @@ def gaussian_kl(
 
     Shape: all (B, D) (the prior broadcastable); output (B,).
     """
+    n = check_tensor(mean, "B D", owner="gaussian_kl", arg="mean")
+    check_tensor(logvar, "B D", owner="gaussian_kl", arg="logvar", B=n["B"], D=n["D"])
     work = torch.promote_types(mean.dtype, torch.float32)
     mq, lq = mean.to(work), logvar.to(work)
     if prior_mean is None and prior_logvar is None:
@@ -240,6 +243,9 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 
     Shape: t: (B,); output: (B, dim)
     """
+    check_tensor(t, "B", owner="timestep_embedding", arg="t", floating=None)
+    check_positive(dim, owner="timestep_embedding", arg="dim")
+    check_positive(max_period, owner="timestep_embedding", arg="max_period")
     half = dim // 2
     k = torch.arange(half, device=t.device, dtype=torch.float32)
     freqs = torch.exp(-math.log(max_period) * k / half)  # (half,)

@@ -321,3 +321,19 @@ def test_predict_start_round_trip_property(b: int, d: int, seed: int, prediction
 def test_consistency_score_refuses_an_empty_batch() -> None:
     with pytest.raises(ValueError, match="^consistency_score: expected at least one pair to score, got N=0.$"):
         consistency_score(torch.randn(0, 4), torch.randn(0, 4))
+
+
+def test_boundary_checks_of_kl_embedding_and_schedule() -> None:
+    from mmfuse.functional import alphas_cumprod, gaussian_kl, timestep_embedding
+
+    with pytest.raises(ShapeError, match=r"^gaussian_kl: expected `logvar` of shape \(B, D\) with "
+                       r"B=3, D=2, got \(3, 4\)\.$"):
+        gaussian_kl(torch.randn(3, 2), torch.randn(3, 4))
+    with pytest.raises(ValueError, match=r"^timestep_embedding: expected `dim` to be a positive number, got 0\.$"):
+        timestep_embedding(torch.arange(3), 0)
+    with pytest.raises(ShapeError, match=r"^timestep_embedding: expected `t` of shape \(B,\), got \(3, 2\)\.$"):
+        timestep_embedding(torch.zeros(3, 2), 8)
+    with pytest.raises(TypeError, match=r"^timestep_embedding: expected `t` to be a tensor"):
+        timestep_embedding([1, 2], 8)  # type: ignore[arg-type]
+    with pytest.raises(ShapeError, match=r"^alphas_cumprod: expected `betas` of shape \(T,\), got \(3, 3\)\.$"):
+        alphas_cumprod(torch.full((3, 3), 0.1))
