@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._checks import check_mask, check_tensor
+
 __all__ = [
     "attention_fusion",
     "bilinear_pool",
@@ -48,6 +50,16 @@ def _fill_empty(fused: Tensor, observed: Tensor, missing: Tensor) -> Tensor:
     return fused.where(anything, missing.to(fused.dtype))
 
 
+def _check_mixing(values: Tensor, logits: Tensor, observed: Tensor | None, missing: Tensor, *,
+                  owner: str, arg: str, layout: str, values_arg: str = "values") -> None:
+    """The shared boundary of :func:`attention_fusion` and :func:`gated_fusion`."""
+    n = check_tensor(values, "B M D", owner=owner, arg=values_arg)
+    check_tensor(logits, layout, owner=owner, arg=arg, B=n["B"], M=n["M"], D=n["D"])
+    check_mask(observed, owner=owner, arg="observed", layout="B M", B=n["B"], M=n["M"],
+               device=values.device)
+    check_tensor(missing, "D", owner=owner, arg="missing", D=n["D"])
+
+
 def attention_fusion(
     values: Tensor, scores: Tensor, observed: Tensor | None, missing: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -64,6 +76,8 @@ def attention_fusion(
         - output: fused (B, D) and weights (B, M), zero where unobserved, each row summing to
           1 over its observed modalities (all zero for a row with nothing observed)
     """
+    _check_mixing(values, scores, observed, missing, owner="attention_fusion", arg="scores",
+                  layout="B M")
     if observed is None:
         weights = torch.softmax(scores, dim=1)  # (B, M)
         return (weights.unsqueeze(-1) * values).sum(dim=1), weights
@@ -87,6 +101,8 @@ def gated_fusion(
           observed: (B, M) bool, or None when every modality is observed; missing: (D,)
         - output: (B, D); ``missing`` for a row with nothing observed
     """
+    _check_mixing(hidden, gate_logits, observed, missing, owner="gated_fusion",
+                  arg="gate_logits", layout="B M D", values_arg="hidden")
     if observed is None:
         return (torch.softmax(gate_logits, dim=1) * hidden).sum(dim=1)
     keep = observed.unsqueeze(-1)  # (B, M, 1)
@@ -97,6 +113,18 @@ def gated_fusion(
 
 def _with_one(z: Tensor) -> Tensor:
     return F.pad(z, (1, 0), value=1.0)  # (B, 1 + D): [1, z]
+
+
+def _check_sequence(zs: object, *, owner: str) -> None:
+    """A non-empty sequence of (B, D_m) floating tensors with one batch size."""
+    if isinstance(zs, Tensor) or not isinstance(zs, Sequence) or not zs:
+        raise TypeError(
+            f"{owner}: expected `zs` to be a non-empty sequence of (B, D_m) tensors, "
+            f"got {zs if isinstance(zs, Sequence) and not zs else type(zs).__name__}."
+        )
+    batch = check_tensor(zs[0], "B D", owner=owner, arg="zs[0]")["B"]
+    for i, z in enumerate(zs[1:], start=1):
+        check_tensor(z, "B D", owner=owner, arg=f"zs[{i}]", B=batch)
 
 
 def tensor_fusion(zs: Sequence[Tensor]) -> Tensor:
@@ -110,6 +138,7 @@ def tensor_fusion(zs: Sequence[Tensor]) -> Tensor:
         - zs[m]: (B, D_m)
         - output: (B, prod(D_m + 1))
     """
+    _check_sequence(zs, owner="tensor_fusion")
     out = _with_one(zs[0])  # (B, D_0 + 1)
     for z in zs[1:]:
         z1 = _with_one(z)  # (B, D_m + 1)
@@ -145,6 +174,9 @@ def film(x: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
         - x, gamma, beta: (B, D)
         - output: (B, D)
     """
+    n = check_tensor(x, "B D", owner="film", arg="x")
+    check_tensor(gamma, "B D", owner="film", arg="gamma", B=n["B"], D=n["D"])
+    check_tensor(beta, "B D", owner="film", arg="beta", B=n["B"], D=n["D"])
     return x * (1.0 + gamma) + beta
 
 
