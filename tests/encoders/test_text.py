@@ -72,3 +72,10 @@ def test_errors() -> None:
         enc(torch.ones(1, 4, dtype=torch.long), torch.ones(1, 4))
     with pytest.raises(ValueError, match=r"expected `width` divisible by num_heads=3, got 16"):
         TextEncoder(8, width=16, num_heads=3)
+
+
+def test_tokenize_refuses_non_sequences() -> None:
+    enc = TextEncoder(16)
+    for bad, name in ((None, "NoneType"), ("hi", "str"), (["a", 1], "list")):
+        with pytest.raises(TypeError, match=rf"^ByteTokenizer: expected `texts` to be a sequence of str, got {name}\.$"):
+            enc.tokenize(bad)  # type: ignore[arg-type]

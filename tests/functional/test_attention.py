@@ -42,3 +42,12 @@ def test_shape_dtype_and_device_errors() -> None:
     with pytest.raises(ValueError, match="^masked_attention: expected `key_mask` on cpu like the "
                        "inputs, got meta"):
         masked_attention(Q, K, V, torch.ones(2, 5, dtype=torch.bool, device="meta"))
+
+
+def test_sinusoidal_encoding_3d_checks_dim_and_dtype() -> None:
+    from mmfuse.functional import sinusoidal_encoding_3d
+
+    with pytest.raises(ValueError, match=r"^sinusoidal_encoding_3d: expected `dim` to be a positive number, got 0\.$"):
+        sinusoidal_encoding_3d(2, 3, 4, 0)
+    with pytest.raises(TypeError, match=r"^sinusoidal_encoding_3d: expected a floating `dtype`, got torch\.int64\.$"):
+        sinusoidal_encoding_3d(2, 3, 4, 12, dtype=torch.long)

@@ -55,7 +55,9 @@ class ByteTokenizer:
 
     def __call__(self, texts: Sequence[str], *, device: torch.device | str | None = None
                  ) -> TokenizedText:
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        if isinstance(texts, str) or not isinstance(texts, Sequence) or not all(
+            isinstance(t, str) for t in texts
+        ):
             raise TypeError(
                 f"ByteTokenizer: expected `texts` to be a sequence of str, got {type(texts).__name__}."
             )

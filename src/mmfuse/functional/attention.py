@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_mask, check_tensor
+from .._checks import check_mask, check_positive, check_tensor
 
 __all__ = [
     "divided_attention",
@@ -202,6 +202,10 @@ def sinusoidal_encoding_3d(
     Shape:
         - output: (t, h, w, dim)
     """
+    owner = "sinusoidal_encoding_3d"
+    check_positive(dim, owner=owner, arg="dim")
+    if not dtype.is_floating_point:
+        raise TypeError(f"{owner}: expected a floating `dtype`, got {dtype}.")
     dev = torch.device("cpu") if device is None else device
     g = 2 * (dim // 6)
     out = torch.zeros(t, h, w, dim, device=dev, dtype=dtype)
