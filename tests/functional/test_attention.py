@@ -51,3 +51,24 @@ def test_sinusoidal_encoding_3d_checks_dim_and_dtype() -> None:
         sinusoidal_encoding_3d(2, 3, 4, 0)
     with pytest.raises(TypeError, match=r"^sinusoidal_encoding_3d: expected a floating `dtype`, got torch\.int64\.$"):
         sinusoidal_encoding_3d(2, 3, 4, 12, dtype=torch.long)
+
+
+def test_graph_attention_checks_its_inputs_and_masked_nodes_are_zero() -> None:
+    from mmfuse.functional import graph_attention
+
+    x, s = torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5)
+    gone = torch.tensor([[True, True, False, True, True], [False] * 5])
+    out, w = graph_attention(x, s, s, node_mask=gone, need_weights=True)
+    assert w is not None and torch.isfinite(out).all() and torch.isfinite(w).all()
+    assert not out[1].any() and not out[0, :, 2].any()
+    with pytest.raises(ShapeError, match=r"^graph_attention: expected `score_dst` of shape \(B, h, K\) "
+                       r"with B=2, h=2, K=5, got \(2, 2, 4\)\.$"):
+        graph_attention(x, s, s[..., :4])
+    with pytest.raises(TypeError, match="^graph_attention: expected `adjacency` to be a torch.bool"):
+        graph_attention(x, s, s, torch.ones(5, 5))
+    with pytest.raises(ShapeError, match=r"^graph_attention: expected `adjacency` of shape \(B, K, J\) "
+                       r"with B=2, K=5, J=5, got \(2, 5, 4\)\.$"):
+        graph_attention(x, s, s, torch.ones(2, 5, 4, dtype=torch.bool))
+    with pytest.raises(ShapeError, match=r"^graph_attention: expected `node_mask` of shape \(B, K\) "
+                       r"with B=2, K=5, got \(2, 4\)\.$"):
+        graph_attention(x, s, s, node_mask=torch.ones(2, 4, dtype=torch.bool))

@@ -241,7 +241,16 @@ def graph_attention(
         - edge_bias: broadcastable to (B, h, K, K); node_mask: (B, K) bool, True = present
         - output: (B, h, K, d); weights: (B, h, K, K) or None
     """
-    k = x.shape[-2]
+    owner = "graph_attention"
+    n = check_tensor(x, "B h K d", owner=owner, arg="x")
+    b, h, k = n["B"], n["h"], n["K"]
+    for arg, score in (("score_src", score_src), ("score_dst", score_dst)):
+        check_tensor(score, "B h K", owner=owner, arg=arg, B=b, h=h, K=k)
+    if adjacency is not None:
+        batched = isinstance(adjacency, Tensor) and adjacency.dim() == 3
+        check_mask(adjacency, owner=owner, arg="adjacency", layout="B K J" if batched else "K J",
+                   device=x.device, B=b, K=k, J=k)
+    check_mask(node_mask, owner=owner, arg="node_mask", layout="B K", device=x.device, B=b, K=k)
     e = F.leaky_relu(score_dst[..., :, None] + score_src[..., None, :], negative_slope)
     e = e.to(torch.promote_types(x.dtype, torch.float32))  # (B, h, K, K)
     if edge_bias is not None:
