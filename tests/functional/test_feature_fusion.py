@@ -55,3 +55,16 @@ def test_film_and_tensor_fusion_errors() -> None:
                        r"B=4, got \(3, 2\)\.$"):
         tensor_fusion([x, torch.randn(3, 2)])
     assert tensor_fusion([x, torch.randn(B, 2)]).shape == (B, (D + 1) * 3)
+
+
+def test_masked_softmax_needs_a_bool_mask_and_is_zero_for_empty_rows() -> None:
+    from mmfuse.functional import masked_softmax
+
+    scores = torch.randn(2, 3)
+    obs = torch.tensor([[True, False, True], [False, False, False]])
+    out = masked_softmax(scores, obs)
+    torch.testing.assert_close(out[0, [0, 2]], torch.softmax(scores[0, [0, 2]], dim=0))
+    assert not out[0, 1] and not out[1].any()
+    with pytest.raises(TypeError, match=r"^masked_softmax: expected `observed` to be a torch.bool "
+                       r"tensor \(True = observed\), got torch.float32\.$"):
+        masked_softmax(scores, obs.float())

@@ -38,6 +38,12 @@ def masked_softmax(scores: Tensor, observed: Tensor, dim: int = -1) -> Tensor:
         - scores: any; observed: bool, broadcastable to ``scores``
         - output: like ``scores``; sums to 1 along ``dim`` where anything is observed
     """
+    if not isinstance(observed, Tensor) or observed.dtype != torch.bool:
+        got = observed.dtype if isinstance(observed, Tensor) else type(observed).__name__
+        raise TypeError(
+            f"masked_softmax: expected `observed` to be a torch.bool tensor (True = observed), "
+            f"got {got}."
+        )
     observed = observed.expand_as(scores)
     lowest = torch.finfo(scores.dtype).min
     weights = torch.softmax(scores.where(observed, lowest), dim=dim)
