@@ -22,10 +22,16 @@ from .errors import ModalityError, ShapeError
 
 __all__ = [
     "check_batched",
+    "check_broadcast_together",
+    "check_broadcastable",
     "check_choice",
+    "check_data",
     "check_dims",
     "check_features",
+    "check_floating",
     "check_heads",
+    "check_interval",
+    "check_like",
     "check_mask",
     "check_positive",
     "check_presence",
@@ -359,3 +365,90 @@ def check_heads(dim: Any, num_heads: Any, *, owner: object, arg: str = "dim") ->
         raise ValueError(
             f"{owner_name(owner)}: expected `num_heads` to divide {arg}={dim}, got {num_heads}."
         )
+
+
+# ----------------------------------------------------------------------------- any-rank tensors
+
+
+def _shape_text(shape: Iterable[int]) -> str:
+    dims = tuple(shape)
+    return format_shape(dims) if dims else "()"
+
+
+def check_floating(x: object, *, owner: object, arg: str) -> None:
+    """``x`` is a floating-point tensor of any shape."""
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"{owner_name(owner)}: expected `{arg}` to be a floating-point tensor, "
+            f"got {type(x).__name__}."
+        )
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{owner_name(owner)}: expected `{arg}` to be a floating-point tensor, got {x.dtype}."
+        )
+
+
+def check_data(x: object, *, owner: object, arg: str) -> int:
+    """``x`` is a floating tensor of shape (B, ...) (at least one dimension); return B."""
+    batch = check_batched(x, owner=owner, arg=arg)
+    check_floating(x, owner=owner, arg=arg)
+    return batch
+
+
+def check_like(
+    x: object, ref: Tensor, *, owner: object, arg: str, ref_arg: str, floating: bool = True
+) -> None:
+    """``x`` is a tensor with the shape and device of ``ref`` (and a floating dtype unless
+    ``floating=False``)."""
+    name = owner_name(owner)
+    want = _shape_text(ref.shape)
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"{name}: expected `{arg}` to be a tensor of shape {want} like `{ref_arg}`, "
+            f"got {type(x).__name__}."
+        )
+    if floating:
+        check_floating(x, owner=owner, arg=arg)
+    if x.shape != ref.shape:
+        raise ShapeError(
+            f"{name}: expected `{arg}` of shape {want} like `{ref_arg}`, "
+            f"got {_shape_text(x.shape)}."
+        )
+    check_same_device({ref_arg: ref, arg: x}, owner=owner)
+
+
+def check_broadcastable(x: Tensor, ref: Tensor, *, owner: object, arg: str, ref_arg: str) -> None:
+    """``x`` broadcasts to ``ref``'s shape without changing it (sizes equal or 1, aligned from
+    the right, no more dimensions than ``ref``)."""
+    ok = x.dim() <= ref.dim() and all(
+        a in (1, b) for a, b in zip(reversed(x.shape), reversed(ref.shape))
+    )
+    if not ok:
+        raise ShapeError(
+            f"{owner_name(owner)}: expected `{arg}` broadcastable to `{ref_arg}` of shape "
+            f"{_shape_text(ref.shape)}, got {_shape_text(x.shape)}."
+        )
+
+
+def check_interval(
+    value: Any, low: float, high: float, *, owner: object, arg: str
+) -> None:
+    """A number in the open interval (low, high); bools and NaN rejected."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not (low < value < high):
+        raise ValueError(
+            f"{owner_name(owner)}: expected `{arg}` in ({low:g}, {high:g}), got {value!r}."
+        )
+
+
+def check_broadcast_together(tensors: Mapping[str, Tensor], *, owner: object) -> None:
+    """The tensors broadcast against each other (sizes equal or 1, aligned from the right)."""
+    rank = max(t.dim() for t in tensors.values())
+    for i in range(1, rank + 1):
+        sizes = {t.shape[-i] for t in tensors.values() if t.dim() >= i} - {1}
+        if len(sizes) > 1:
+            names = ", ".join(f"`{a}`" for a in tensors)
+            got = ", ".join(_shape_text(t.shape) for t in tensors.values())
+            raise ShapeError(
+                f"{owner_name(owner)}: expected {names} to broadcast together, got {got}."
+            )

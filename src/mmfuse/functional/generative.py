@@ -12,12 +12,22 @@ over the trailing dimensions of the target.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_positive, check_tensor
+from .._checks import (
+    check_broadcast_together,
+    check_choice,
+    check_data,
+    check_floating,
+    check_interval,
+    check_like,
+    check_positive,
+    check_same_device,
+    check_tensor,
+)
 
 __all__ = [
     "ConsistencyScore",
@@ -53,6 +63,28 @@ def _sqrt(a: Tensor | float) -> Tensor | float:
     return a.sqrt() if isinstance(a, Tensor) else math.sqrt(a)
 
 
+def _check_alpha(a: object, like: Tensor, batch: int, *, owner: str, arg: str,
+                 like_arg: str = "x0") -> None:
+    """A signal level: a Python number, a 0-d tensor or a (B,) floating tensor on ``like``'s
+    device."""
+    if isinstance(a, (int, float)) and not isinstance(a, bool):
+        return
+    if isinstance(a, Tensor) and a.dim() == 0:
+        check_tensor(a, "", owner=owner, arg=arg)
+    else:
+        check_tensor(a, "B", owner=owner, arg=arg, B=batch)
+    check_same_device({like_arg: like, arg: cast(Tensor, a)}, owner=owner)
+
+
+def _check_pair(x: object, y: object, alpha_bar: object, *, owner: str, x_arg: str,
+                y_arg: str) -> None:
+    """``x`` (B, ...) floating, ``y`` like it, ``alpha_bar`` a number or (B,)."""
+    batch = check_data(x, owner=owner, arg=x_arg)
+    x = cast(Tensor, x)
+    check_like(y, x, owner=owner, arg=y_arg, ref_arg=x_arg)
+    _check_alpha(alpha_bar, x, batch, owner=owner, arg="alpha_bar", like_arg=x_arg)
+
+
 # ----------------------------------------------------------------------------- schedules
 
 
@@ -63,8 +95,17 @@ def linear_beta_schedule(
 
     ``beta[t] = linspace(s * beta_start, s * beta_end, num_steps)`` with ``s = 1000 / num_steps``
     (Nichol & Dhariwal, 2021, appendix). Returns float64 of shape (num_steps,).
+    ``beta_start`` and ``beta_end`` must lie in (0, 1) with ``beta_start <= beta_end``.
     """
-    check_positive(num_steps, owner="linear_beta_schedule", arg="num_steps")
+    owner = "linear_beta_schedule"
+    check_positive(num_steps, owner=owner, arg="num_steps")
+    check_interval(beta_start, 0.0, 1.0, owner=owner, arg="beta_start")
+    check_interval(beta_end, 0.0, 1.0, owner=owner, arg="beta_end")
+    if beta_start > beta_end:
+        raise ValueError(
+            f"{owner}: expected `beta_start` <= `beta_end`, got beta_start={beta_start!r}, "
+            f"beta_end={beta_end!r}."
+        )
     scale = 1000.0 / num_steps
     betas = torch.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=torch.float64)
     return betas.clamp(max=0.999)
@@ -104,14 +145,19 @@ def alphas_cumprod(betas: Tensor) -> Tensor:
 def q_sample(x0: Tensor, noise: Tensor, alpha_bar: Tensor | float) -> Tensor:
     """Noise clean data to step t: ``sqrt(ab) x0 + sqrt(1 - ab) noise``.
 
-    Shape: x0, noise: (B, *); alpha_bar: float or (B,); output: like x0.
+    Shape: x0, noise: (B, *); alpha_bar: float, 0-d or (B,); output: like x0.
     """
+    _check_pair(x0, noise, alpha_bar, owner="q_sample", x_arg="x0", y_arg="noise")
     ab = _bcast(alpha_bar, x0)
     return _sqrt(ab) * x0 + _sqrt(1 - ab) * noise
 
 
 def v_target(x0: Tensor, noise: Tensor, alpha_bar: Tensor | float) -> Tensor:
-    """The v-prediction target ``sqrt(ab) noise - sqrt(1 - ab) x0``."""
+    """The v-prediction target ``sqrt(ab) noise - sqrt(1 - ab) x0``.
+
+    Shape: x0, noise: (B, *); alpha_bar: float, 0-d or (B,); output: like x0.
+    """
+    _check_pair(x0, noise, alpha_bar, owner="v_target", x_arg="x0", y_arg="noise")
     ab = _bcast(alpha_bar, x0)
     return _sqrt(ab) * noise - _sqrt(1 - ab) * x0
 
@@ -182,7 +228,15 @@ def ddim_step(
     ``sigma = eta sqrt((1 - ab_prev) / (1 - ab)) sqrt(1 - ab / ab_prev)``;
     ``x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma noise``.
     ``eta=0`` is deterministic (``noise`` ignored); ``eta=1`` matches DDPM's variance.
+
+    Shape: x0, eps, noise: (B, *); alpha_bar, alpha_bar_prev: float, 0-d or (B,).
     """
+    owner = "ddim_step"
+    _check_pair(x0, eps, alpha_bar, owner=owner, x_arg="x0", y_arg="eps")
+    _check_alpha(alpha_bar_prev, x0, x0.shape[0], owner=owner, arg="alpha_bar_prev")
+    check_positive(eta, owner=owner, arg="eta", allow_zero=True)
+    if noise is not None:
+        check_like(noise, x0, owner=owner, arg="noise", ref_arg="x0")
     abp = _bcast(alpha_bar_prev, x0)
     ab = _bcast(alpha_bar, x0)
     out = _sqrt(abp) * x0
@@ -194,7 +248,13 @@ def ddim_step(
 
 def classifier_free_guidance(cond_out: Tensor, uncond_out: Tensor, scale: float) -> Tensor:
     """``uncond + scale (cond - uncond)`` (Ho & Salimans, 2022): 1 is plain conditional
-    output, 0 unconditional, above 1 pushes towards the condition."""
+    output, 0 unconditional, above 1 pushes towards the condition.
+
+    Shape: cond_out, uncond_out: (B, *); output: like them.
+    """
+    owner = "classifier_free_guidance"
+    check_data(cond_out, owner=owner, arg="cond_out")
+    check_like(uncond_out, cond_out, owner=owner, arg="uncond_out", ref_arg="cond_out")
     return uncond_out + scale * (cond_out - uncond_out)
 
 
@@ -202,7 +262,16 @@ def classifier_free_guidance(cond_out: Tensor, uncond_out: Tensor, scale: float)
 
 
 def reparameterize(mean: Tensor, logvar: Tensor, noise: Tensor) -> Tensor:
-    """``mean + exp(logvar / 2) noise``: a differentiable draw from N(mean, exp(logvar))."""
+    """``mean + exp(logvar / 2) noise``: a differentiable draw from N(mean, exp(logvar)).
+
+    Shape: mean, logvar, noise: floating, broadcastable together; output: their broadcast.
+    """
+    owner = "reparameterize"
+    args = {"mean": mean, "logvar": logvar, "noise": noise}
+    for arg, x in args.items():
+        check_floating(x, owner=owner, arg=arg)
+    check_broadcast_together(args, owner=owner)
+    check_same_device(args, owner=owner)
     return mean + torch.exp(0.5 * logvar) * noise
 
 
