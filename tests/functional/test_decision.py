@@ -73,3 +73,35 @@ def test_nan_config_values_are_refused() -> None:
         DecisionFusion(["a", "b"], 2, weights={"a": float("nan"), "b": 1.0})
     with pytest.raises(ValueError, match=r"expected `temperature\['a'\]` to be a positive number"):
         DecisionFusion(["a", "b"], 2, inputs="logits", temperature=float("nan"))
+
+
+def _single_strategies() -> list[tuple[str, str, object]]:
+    from mmfuse.functional import decision as d
+
+    return [("weighted_mean", "probs", d.weighted_mean), ("soft_vote", "probs", d.soft_vote),
+            ("product_of_experts", "log_probs", d.product_of_experts),
+            ("hard_vote", "probs", d.hard_vote), ("max_fusion", "probs", d.max_fusion)]
+
+
+@pytest.mark.parametrize("name,arg,fn", _single_strategies())
+def test_single_strategies_check_their_inputs(name: str, arg: str, fn) -> None:  # type: ignore[no-untyped-def]
+    probs, obs = _inputs()
+    w = torch.ones(M)
+    extra = () if name in ("soft_vote", "max_fusion") else (w,)
+    with pytest.raises(ShapeError, match=rf"^{name}: expected `{arg}` of shape \(B, M, C\), "
+                       r"got \(4, 5\)\.$"):
+        fn(probs[:, 0], obs, *extra)
+    with pytest.raises(ShapeError, match=rf"^{name}: expected `observed` of shape \(B, M\) "
+                       r"with B=4, M=3, got \(4, 2\)\.$"):
+        fn(probs, obs[:, :2], *extra)
+    with pytest.raises(TypeError, match=rf"^{name}: expected `observed` to be a torch.bool"):
+        fn(probs, obs.float(), *extra)
+    if extra:
+        with pytest.raises(ShapeError, match=rf"^{name}: expected `weights` of shape \(M,\) "
+                           r"with M=3, got \(2,\)\.$"):
+            fn(probs, obs, torch.ones(2))
+        with pytest.raises(TypeError, match=rf"^{name}: expected `weights` to be a tensor of "
+                           r"shape \(M,\) with M=3, got NoneType\.$"):
+            fn(probs, obs, None)
+    # valid inputs still give a distribution per row
+    torch.testing.assert_close(fn(probs, obs, *extra).sum(-1), torch.ones(B))

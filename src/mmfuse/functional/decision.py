@@ -53,6 +53,54 @@ def _clean(x: Tensor, observed: Tensor, fill: float) -> Tensor:
     return x.where(observed[..., None], torch.full((), fill, dtype=x.dtype, device=x.device))
 
 
+def _weighted_mean(probs: Tensor, observed: Tensor, weights: Tensor) -> Tensor:
+    """:func:`weighted_mean` without the boundary checks (callers have checked)."""
+    dt = _work_dtype(probs)
+    p = _clean(probs.to(dt), observed, 0.0)
+    w = _normalised_weights(weights.to(dt), observed)  # (B, M)
+    out = torch.einsum("bm,bmc->bc", w, p)
+    return _uniform_where_empty(out, observed).to(probs.dtype)
+
+
+def _soft_vote(probs: Tensor, observed: Tensor) -> Tensor:
+    """:func:`soft_vote` without the boundary checks (callers have checked)."""
+    ones = torch.ones(probs.shape[1], dtype=probs.dtype, device=probs.device)
+    return _weighted_mean(probs, observed, ones)
+
+
+def _product_of_experts(log_probs: Tensor, observed: Tensor, weights: Tensor) -> Tensor:
+    """:func:`product_of_experts` without the boundary checks (callers have checked)."""
+    dt = _work_dtype(log_probs)
+    lp = _clean(log_probs.to(dt), observed, 0.0)
+    w = _normalised_weights(weights.to(dt), observed)  # (B, M)
+    n = observed.sum(dim=1, keepdim=True).to(dt)  # (B, 1)
+    score = torch.einsum("bm,bmc->bc", w * n, lp)
+    out = torch.softmax(score, dim=-1)  # a row with nothing observed scores 0: already uniform
+    return _uniform_where_empty(out, observed).to(log_probs.dtype)
+
+
+def _hard_vote(probs: Tensor, observed: Tensor, weights: Tensor) -> Tensor:
+    """:func:`hard_vote` without the boundary checks (callers have checked)."""
+    dt = _work_dtype(probs)
+    p = _clean(probs.to(dt), observed, 0.0)
+    top = p.argmax(dim=-1)  # (B, M)
+    onehot = torch.nn.functional.one_hot(top, probs.shape[-1]).to(dt)  # (B, M, C)
+    votes = (onehot * observed[..., None].to(dt)).sum(dim=1)  # (B, C); exact 0/1 counts
+    wmean = _weighted_mean(probs.to(dt), observed, weights.to(dt))  # (B, C)
+    n = observed.sum(dim=1, keepdim=True).to(dt)  # (B, 1)
+    out = (votes + 0.5 * wmean) / (n + 0.5)
+    return _uniform_where_empty(out, observed).to(probs.dtype)
+
+
+def _max_fusion(probs: Tensor, observed: Tensor) -> Tensor:
+    """:func:`max_fusion` without the boundary checks (callers have checked)."""
+    dt = _work_dtype(probs)
+    p = _clean(probs.to(dt), observed, 0.0)  # probabilities are >= 0, so 0 never wins a max
+    top = p.max(dim=1).values  # (B, C)
+    out = top / top.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(dt).tiny)
+    return _uniform_where_empty(out, observed).to(probs.dtype)
+
+
 def weighted_mean(probs: Tensor, observed: Tensor, weights: Tensor) -> Tensor:
     """Weighted mean of the observed distributions, ``sum_m w_m p_m / sum_m w_m``.
 
@@ -62,11 +110,9 @@ def weighted_mean(probs: Tensor, observed: Tensor, weights: Tensor) -> Tensor:
         - probs: (B, M, C); observed: (B, M) bool; weights: (M,) or (B, M), non-negative
         - output: (B, C)
     """
-    dt = _work_dtype(probs)
-    p = _clean(probs.to(dt), observed, 0.0)
-    w = _normalised_weights(weights.to(dt), observed)  # (B, M)
-    out = torch.einsum("bm,bmc->bc", w, p)
-    return _uniform_where_empty(out, observed).to(probs.dtype)
+    _check_inputs(probs, observed, weights, None, owner="weighted_mean", arg="probs",
+                  need_weights=True)
+    return _weighted_mean(probs, observed, weights)
 
 
 def soft_vote(probs: Tensor, observed: Tensor) -> Tensor:
@@ -76,8 +122,8 @@ def soft_vote(probs: Tensor, observed: Tensor) -> Tensor:
         - probs: (B, M, C); observed: (B, M) bool
         - output: (B, C)
     """
-    ones = torch.ones(probs.shape[1], dtype=probs.dtype, device=probs.device)
-    return weighted_mean(probs, observed, ones)
+    _check_inputs(probs, observed, None, None, owner="soft_vote", arg="probs")
+    return _soft_vote(probs, observed)
 
 
 def product_of_experts(log_probs: Tensor, observed: Tensor, weights: Tensor) -> Tensor:
@@ -92,13 +138,9 @@ def product_of_experts(log_probs: Tensor, observed: Tensor, weights: Tensor) -> 
           observed: (B, M) bool; weights: (M,) or (B, M), non-negative
         - output: (B, C)
     """
-    dt = _work_dtype(log_probs)
-    lp = _clean(log_probs.to(dt), observed, 0.0)
-    w = _normalised_weights(weights.to(dt), observed)  # (B, M)
-    n = observed.sum(dim=1, keepdim=True).to(dt)  # (B, 1)
-    score = torch.einsum("bm,bmc->bc", w * n, lp)
-    out = torch.softmax(score, dim=-1)  # a row with nothing observed scores 0: already uniform
-    return _uniform_where_empty(out, observed).to(log_probs.dtype)
+    _check_inputs(log_probs, observed, weights, None, owner="product_of_experts",
+                  arg="log_probs", need_weights=True)
+    return _product_of_experts(log_probs, observed, weights)
 
 
 def hard_vote(probs: Tensor, observed: Tensor, weights: Tensor) -> Tensor:
@@ -114,15 +156,9 @@ def hard_vote(probs: Tensor, observed: Tensor, weights: Tensor) -> Tensor:
         - probs: (B, M, C); observed: (B, M) bool; weights: (M,) or (B, M), non-negative
         - output: (B, C)
     """
-    dt = _work_dtype(probs)
-    p = _clean(probs.to(dt), observed, 0.0)
-    top = p.argmax(dim=-1)  # (B, M)
-    onehot = torch.nn.functional.one_hot(top, probs.shape[-1]).to(dt)  # (B, M, C)
-    votes = (onehot * observed[..., None].to(dt)).sum(dim=1)  # (B, C); exact 0/1 counts
-    wmean = weighted_mean(probs.to(dt), observed, weights.to(dt))  # (B, C)
-    n = observed.sum(dim=1, keepdim=True).to(dt)  # (B, 1)
-    out = (votes + 0.5 * wmean) / (n + 0.5)
-    return _uniform_where_empty(out, observed).to(probs.dtype)
+    _check_inputs(probs, observed, weights, None, owner="hard_vote", arg="probs",
+                  need_weights=True)
+    return _hard_vote(probs, observed, weights)
 
 
 def max_fusion(probs: Tensor, observed: Tensor) -> Tensor:
@@ -132,28 +168,26 @@ def max_fusion(probs: Tensor, observed: Tensor) -> Tensor:
         - probs: (B, M, C); observed: (B, M) bool
         - output: (B, C)
     """
-    dt = _work_dtype(probs)
-    p = _clean(probs.to(dt), observed, 0.0)  # probabilities are >= 0, so 0 never wins a max
-    top = p.max(dim=1).values  # (B, C)
-    out = top / top.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(dt).tiny)
-    return _uniform_where_empty(out, observed).to(probs.dtype)
+    _check_inputs(probs, observed, None, None, owner="max_fusion", arg="probs")
+    return _max_fusion(probs, observed)
 
 
 def _check_inputs(
-    predictions: Tensor, observed: Tensor, weights: Tensor | None, temperature: Tensor | None
+    predictions: Tensor, observed: Tensor, weights: Tensor | None, temperature: Tensor | None,
+    *, owner: str = "decision_fusion", arg: str = "predictions", need_weights: bool = False,
 ) -> None:
-    """The boundary of :func:`decision_fusion`: layouts, dtypes, sizes and one device."""
-    owner = "decision_fusion"
-    n = check_tensor(predictions, "B M C", owner=owner, arg="predictions")
+    """The boundary of :func:`decision_fusion` and the single strategies: layouts, dtypes,
+    sizes and one device."""
+    n = check_tensor(predictions, "B M C", owner=owner, arg=arg)
     b, m = n["B"], n["M"]
     check_tensor(observed, "B M", owner=owner, arg="observed", floating=False, B=b, M=m)
-    if weights is not None:
+    if weights is not None or need_weights:
         two_d = isinstance(weights, Tensor) and weights.dim() == 2
         check_tensor(weights, "B M" if two_d else "M", owner=owner, arg="weights", B=b, M=m)
     if temperature is not None:
         check_tensor(temperature, "M", owner=owner, arg="temperature", M=m)
     check_same_device(
-        {"predictions": predictions, "observed": observed, "weights": weights,
+        {arg: predictions, "observed": observed, "weights": weights,
          "temperature": temperature},
         owner=owner,
     )
@@ -197,15 +231,15 @@ def decision_fusion(
     else:
         probs = x
     if strategy == "weighted":
-        out = weighted_mean(probs, observed, weights)
+        out = _weighted_mean(probs, observed, weights)
     elif strategy == "product":
         if log_p is None:  # only the product of experts works in log space
             log_p = x.clamp_min(torch.finfo(dt).tiny).log()
-        out = product_of_experts(log_p, observed, weights)
+        out = _product_of_experts(log_p, observed, weights)
     elif strategy == "soft_vote":
-        out = soft_vote(probs, observed)
+        out = _soft_vote(probs, observed)
     elif strategy == "hard_vote":
-        out = hard_vote(probs, observed, weights)
+        out = _hard_vote(probs, observed, weights)
     else:
-        out = max_fusion(probs, observed)
+        out = _max_fusion(probs, observed)
     return out.to(predictions.dtype)
