@@ -68,3 +68,71 @@ def test_masked_softmax_needs_a_bool_mask_and_is_zero_for_empty_rows() -> None:
     with pytest.raises(TypeError, match=r"^masked_softmax: expected `observed` to be a torch.bool "
                        r"tensor \(True = observed\), got torch.float32\.$"):
         masked_softmax(scores, obs.float())
+
+
+def test_masked_softmax_checks_shapes_and_dtypes() -> None:
+    from mmfuse.functional import masked_softmax
+
+    scores = torch.randn(2, 3)
+    with pytest.raises(ShapeError, match=r"^masked_softmax: expected `observed` broadcastable to "
+                       r"`scores` of shape \(2, 3\), got \(2, 4\)\.$"):
+        masked_softmax(scores, torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ShapeError, match=r"^masked_softmax: expected `observed` broadcastable to "
+                       r"`scores` of shape \(2, 3\), got \(1, 2, 3\)\.$"):
+        masked_softmax(scores, torch.ones(1, 2, 3, dtype=torch.bool))
+    with pytest.raises(TypeError, match=r"^masked_softmax: expected `scores` to be a "
+                       r"floating-point tensor, got torch.int64\.$"):
+        masked_softmax(scores.long(), torch.ones(2, 3, dtype=torch.bool))
+    # a broadcastable mask is still accepted and equals the expanded one
+    col = torch.tensor([[True], [False]])
+    torch.testing.assert_close(masked_softmax(scores, col), masked_softmax(scores, col.expand(2, 3)))
+
+
+def test_bilinear_pool_checks_projections_mask_and_rank() -> None:
+    from mmfuse.functional import bilinear_pool
+
+    ps = [torch.randn(4, 6), torch.randn(4, 6)]
+    obs = torch.ones(4, 2, dtype=torch.bool)
+    with pytest.raises(ShapeError, match=r"^bilinear_pool: expected `projections\[1\]` of shape "
+                       r"\(B, D\) with B=4, D=6, got \(4, 5\)\.$"):
+        bilinear_pool([ps[0], torch.randn(4, 5)], obs, 2)
+    with pytest.raises(ShapeError, match=r"^bilinear_pool: expected `observed` of shape \(B, M\) "
+                       r"with B=4, M=2, got \(4, 3\)\.$"):
+        bilinear_pool(ps, torch.ones(4, 3, dtype=torch.bool), 2)
+    with pytest.raises(TypeError, match=r"^bilinear_pool: expected `observed` to be a torch.bool"):
+        bilinear_pool(ps, obs.float(), 2)
+    with pytest.raises(ValueError, match=r"^bilinear_pool: expected `rank` to divide the "
+                       r"projection size 6 \(O \* rank\), got 4\.$"):
+        bilinear_pool(ps, obs, 4)
+    with pytest.raises(ValueError, match=r"^bilinear_pool: expected `dropout_p` in \[0, 1\), "
+                       r"got 1\.5\.$"):
+        bilinear_pool(ps, obs, 2, dropout_p=1.5)
+    with pytest.raises(TypeError, match=r"^bilinear_pool: expected `projections` to be a "
+                       r"non-empty sequence of \(B, D_m\) tensors, got \[\]\.$"):
+        bilinear_pool([], None, 2)
+    assert bilinear_pool(ps, obs, 3).shape == (4, 2)
+
+
+def test_low_rank_tensor_fusion_checks_factor_shapes() -> None:
+    from mmfuse.functional import low_rank_tensor_fusion
+
+    zs = [torch.randn(4, 3), torch.randn(4, 2)]
+    factors = [torch.randn(5, 4, 7), torch.randn(5, 3, 7)]
+    w, bias = torch.randn(5), torch.randn(7)
+    with pytest.raises(ShapeError, match=r"^low_rank_tensor_fusion: expected `factors\[1\]` of "
+                       r"shape \(R, I, O\) with R=5, I=3, O=7, got \(5, 4, 7\)\.$"):
+        low_rank_tensor_fusion(zs, [factors[0], torch.randn(5, 4, 7)], w, bias)
+    with pytest.raises(TypeError, match=r"^low_rank_tensor_fusion: expected `factors` to be a "
+                       r"sequence of 2 \(R, D_m \+ 1, O\) tensors \(one per entry of `zs`\), "
+                       r"got 1\.$"):
+        low_rank_tensor_fusion(zs, factors[:1], w, bias)
+    with pytest.raises(ShapeError, match=r"^low_rank_tensor_fusion: expected `weights` of shape "
+                       r"\(R,\) with R=5, got \(4,\)\.$"):
+        low_rank_tensor_fusion(zs, factors, torch.randn(4), bias)
+    with pytest.raises(ShapeError, match=r"^low_rank_tensor_fusion: expected `bias` of shape "
+                       r"\(O,\) with O=7, got \(6,\)\.$"):
+        low_rank_tensor_fusion(zs, factors, w, torch.randn(6))
+    with pytest.raises(ShapeError, match=r"^low_rank_tensor_fusion: expected `zs\[1\]` of shape "
+                       r"\(B, D\) with B=4, got \(3, 2\)\.$"):
+        low_rank_tensor_fusion([zs[0], torch.randn(3, 2)], factors, w, bias)
+    assert low_rank_tensor_fusion(zs, factors, w, bias).shape == (4, 7)

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_mask, check_tensor
+from .._checks import (
+    check_broadcastable,
+    check_floating,
+    check_mask,
+    check_positive,
+    check_probability,
+    check_same_device,
+    check_tensor,
+)
 
 __all__ = [
     "attention_fusion",
@@ -38,12 +47,21 @@ def masked_softmax(scores: Tensor, observed: Tensor, dim: int = -1) -> Tensor:
         - scores: any; observed: bool, broadcastable to ``scores``
         - output: like ``scores``; sums to 1 along ``dim`` where anything is observed
     """
+    owner = "masked_softmax"
+    check_floating(scores, owner=owner, arg="scores")
     if not isinstance(observed, Tensor) or observed.dtype != torch.bool:
         got = observed.dtype if isinstance(observed, Tensor) else type(observed).__name__
         raise TypeError(
             f"masked_softmax: expected `observed` to be a torch.bool tensor (True = observed), "
             f"got {got}."
         )
+    check_broadcastable(observed, scores, owner=owner, arg="observed", ref_arg="scores")
+    check_same_device({"scores": scores, "observed": observed}, owner=owner)
+    return _masked_softmax(scores, observed, dim)
+
+
+def _masked_softmax(scores: Tensor, observed: Tensor, dim: int) -> Tensor:
+    """:func:`masked_softmax` without the boundary checks (callers have checked)."""
     observed = observed.expand_as(scores)
     lowest = torch.finfo(scores.dtype).min
     weights = torch.softmax(scores.where(observed, lowest), dim=dim)
@@ -87,7 +105,7 @@ def attention_fusion(
     if observed is None:
         weights = torch.softmax(scores, dim=1)  # (B, M)
         return (weights.unsqueeze(-1) * values).sum(dim=1), weights
-    weights = masked_softmax(scores, observed, dim=1)  # (B, M)
+    weights = _masked_softmax(scores, observed, 1)  # (B, M)
     values = values.where(observed.unsqueeze(-1), 0.0)  # (B, M, D)
     fused = (weights.unsqueeze(-1) * values).sum(dim=1)  # (B, D)
     return _fill_empty(fused, observed, missing), weights
@@ -112,7 +130,7 @@ def gated_fusion(
     if observed is None:
         return (torch.softmax(gate_logits, dim=1) * hidden).sum(dim=1)
     keep = observed.unsqueeze(-1)  # (B, M, 1)
-    gates = masked_softmax(gate_logits, keep, dim=1)  # (B, M, D)
+    gates = _masked_softmax(gate_logits, keep, 1)  # (B, M, D)
     fused = (gates * hidden.where(keep, 0.0)).sum(dim=1)  # (B, D)
     return _fill_empty(fused, observed, missing)
 
@@ -121,16 +139,20 @@ def _with_one(z: Tensor) -> Tensor:
     return F.pad(z, (1, 0), value=1.0)  # (B, 1 + D): [1, z]
 
 
-def _check_sequence(zs: object, *, owner: str) -> None:
-    """A non-empty sequence of (B, D_m) floating tensors with one batch size."""
+def _check_sequence(zs: object, *, owner: str, arg: str = "zs", same_size: bool = False) -> int:
+    """A non-empty sequence of (B, D_m) floating tensors with one batch size (and one D with
+    ``same_size``) on one device; returns B."""
     if isinstance(zs, Tensor) or not isinstance(zs, Sequence) or not zs:
         raise TypeError(
-            f"{owner}: expected `zs` to be a non-empty sequence of (B, D_m) tensors, "
+            f"{owner}: expected `{arg}` to be a non-empty sequence of (B, D_m) tensors, "
             f"got {zs if isinstance(zs, Sequence) and not zs else type(zs).__name__}."
         )
-    batch = check_tensor(zs[0], "B D", owner=owner, arg="zs[0]")["B"]
+    n = check_tensor(zs[0], "B D", owner=owner, arg=f"{arg}[0]")
+    size: dict[str, Any] = {"D": n["D"]} if same_size else {}
     for i, z in enumerate(zs[1:], start=1):
-        check_tensor(z, "B D", owner=owner, arg=f"zs[{i}]", B=batch)
+        check_tensor(z, "B D", owner=owner, arg=f"{arg}[{i}]", B=n["B"], **size)
+    check_same_device({f"{arg}[{i}]": z for i, z in enumerate(zs)}, owner=owner)
+    return n["B"]
 
 
 def tensor_fusion(zs: Sequence[Tensor]) -> Tensor:
@@ -165,6 +187,22 @@ def low_rank_tensor_fusion(
         - zs[m]: (B, D_m); factors[m]: (R, D_m + 1, O); weights: (R,); bias: (O,)
         - output: (B, O)
     """
+    owner = "low_rank_tensor_fusion"
+    _check_sequence(zs, owner=owner)
+    if isinstance(factors, Tensor) or not isinstance(factors, Sequence) or len(factors) != len(zs):
+        got = len(factors) if isinstance(factors, Sequence) else type(factors).__name__
+        raise TypeError(
+            f"{owner}: expected `factors` to be a sequence of {len(zs)} (R, D_m + 1, O) tensors "
+            f"(one per entry of `zs`), got {got}."
+        )
+    f0 = check_tensor(factors[0], "R I O", owner=owner, arg="factors[0]", I=zs[0].shape[1] + 1)
+    for i, (z, factor) in enumerate(zip(zs[1:], factors[1:]), start=1):
+        check_tensor(factor, "R I O", owner=owner, arg=f"factors[{i}]", R=f0["R"],
+                     I=z.shape[1] + 1, O=f0["O"])
+    check_tensor(weights, "R", owner=owner, arg="weights", R=f0["R"])
+    check_tensor(bias, "O", owner=owner, arg="bias", O=f0["O"])
+    check_same_device({"zs[0]": zs[0], **{f"factors[{i}]": f for i, f in enumerate(factors)},
+                       "weights": weights, "bias": bias}, owner=owner)
     joint = torch.einsum("bi,rio->bro", _with_one(zs[0]), factors[0])  # (B, R, O)
     for z, factor in zip(zs[1:], factors[1:]):
         joint = joint * torch.einsum("bi,rio->bro", _with_one(z), factor)  # (B, R, O)
@@ -216,6 +254,18 @@ def bilinear_pool(
         - projections[m]: (B, O * rank); observed: (B, M) bool, or None when all are observed
         - output: (B, O), unit L2 norm (zero if the pooled vector or the row is empty)
     """
+    owner = "bilinear_pool"
+    batch = _check_sequence(projections, owner=owner, arg="projections", same_size=True)
+    check_mask(observed, owner=owner, arg="observed", layout="B M", B=batch,
+               M=len(projections), device=projections[0].device)
+    check_positive(rank, owner=owner, arg="rank")
+    if isinstance(rank, int) and projections[0].shape[1] % rank:
+        raise ValueError(
+            f"{owner}: expected `rank` to divide the projection size "
+            f"{projections[0].shape[1]} (O * rank), got {rank}."
+        )
+    check_positive(eps, owner=owner, arg="eps")
+    check_probability(dropout_p, owner=owner, arg="dropout_p")
     if observed is None:
         joint = projections[0]  # (B, O * R)
         for p in projections[1:]:
