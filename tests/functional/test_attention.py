@@ -72,3 +72,35 @@ def test_graph_attention_checks_its_inputs_and_masked_nodes_are_zero() -> None:
     with pytest.raises(ShapeError, match=r"^graph_attention: expected `node_mask` of shape \(B, K\) "
                        r"with B=2, K=5, got \(2, 4\)\.$"):
         graph_attention(x, s, s, node_mask=torch.ones(2, 4, dtype=torch.bool))
+
+
+def test_divided_attention_checks_its_inputs() -> None:
+    from mmfuse.functional import divided_attention
+
+    b, h, n_q, t, p, d = 2, 2, 3, 4, 5, 6
+    qt, qs = torch.randn(b, h, n_q, d), torch.randn(b, h, n_q, d)
+    kt, ks, v = torch.randn(b, h, t, p, d), torch.randn(b, h, t, p, d), torch.randn(b, h, t, p, 7)
+    with pytest.raises(ShapeError, match=r"^divided_attention: expected `k_time` of shape "
+                       r"\(B, h, T, P, d\) with B=2, h=2, d=6, got \(2, 2, 4, 6\)\.$"):
+        divided_attention(qt, kt[:, :, :, 0], qs, ks, v)
+    with pytest.raises(ShapeError, match=r"^divided_attention: expected `k_space` of shape "
+                       r"\(B, h, T, P, d\) with B=2, h=2, T=4, P=5, d=6, got \(2, 2, 4, 3, 6\)\.$"):
+        divided_attention(qt, kt, qs, ks[:, :, :, :3], v)
+    with pytest.raises(ShapeError, match=r"^divided_attention: expected `q_space` of shape "
+                       r"\(B, h, L, d\) with B=2, h=2, L=3, d=6, got \(2, 2, 3, 5\)\.$"):
+        divided_attention(qt, kt, qs[..., :5], ks, v)
+    with pytest.raises(ShapeError, match=r"^divided_attention: expected `v` of shape "
+                       r"\(B, h, T, P, e\) with B=2, h=2, T=4, P=5, got \(2, 2, 3, 5, 7\)\.$"):
+        divided_attention(qt, kt, qs, ks, v[:, :, :3])
+    with pytest.raises(ShapeError, match=r"^divided_attention: expected `key_mask` of shape "
+                       r"\(B, T, P\) with B=2, T=4, P=5, got \(2, 20\)\.$"):
+        divided_attention(qt, kt, qs, ks, v, torch.ones(b, t * p, dtype=torch.bool))
+    with pytest.raises(TypeError, match=r"^divided_attention: expected `query_mask` to be a "
+                       r"torch.bool tensor"):
+        divided_attention(qt, kt, qs, ks, v, None, torch.ones(b, n_q))
+    with pytest.raises(ValueError, match=r"^divided_attention: expected `dropout_p` in \[0, 1\), "
+                       r"got 1\.0\.$"):
+        divided_attention(qt, kt, qs, ks, v, dropout_p=1.0)
+    out, w = divided_attention(qt, kt, qs, ks, v, need_weights=True)
+    assert out.shape == (b, h, n_q, 7) and w is not None
+    torch.testing.assert_close(w.sum(dim=(-2, -1)), torch.ones(b, h, n_q))

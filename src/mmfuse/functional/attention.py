@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_mask, check_positive, check_tensor
+from .._checks import (
+    check_mask,
+    check_positive,
+    check_probability,
+    check_same_device,
+    check_tensor,
+)
 
 __all__ = [
     "divided_attention",
@@ -138,6 +144,22 @@ def divided_attention(
         - key_mask: (B, T, P) bool, True = keep; query_mask: (B, L)
         - output: (B, h, L, d_v); weights: (B, h, L, T, P) or None
     """
+    owner = "divided_attention"
+    n = check_tensor(q_time, "B h L d", owner=owner, arg="q_time")
+    b, h, d = n["B"], n["h"], n["d"]
+    kn = check_tensor(k_time, "B h T P d", owner=owner, arg="k_time", B=b, h=h, d=d)
+    check_tensor(q_space, "B h L d", owner=owner, arg="q_space", B=b, h=h, L=n["L"], d=d)
+    t_, p_ = kn["T"], kn["P"]
+    check_tensor(k_space, "B h T P d", owner=owner, arg="k_space", B=b, h=h, T=t_, P=p_, d=d)
+    check_tensor(v, "B h T P e", owner=owner, arg="v", B=b, h=h, T=t_, P=p_)
+    check_mask(key_mask, owner=owner, arg="key_mask", layout="B T P", B=b, T=t_, P=p_)
+    check_mask(query_mask, owner=owner, arg="query_mask", layout="B L", B=b, L=n["L"])
+    check_same_device(
+        {"q_time": q_time, "k_time": k_time, "q_space": q_space, "k_space": k_space, "v": v,
+         "key_mask": key_mask, "query_mask": query_mask},
+        owner=owner,
+    )
+    check_probability(dropout_p, owner=owner, arg="dropout_p")
     b, h, t, p, d = k_time.shape
     n_q = q_time.shape[2]
     dv = v.shape[-1]
