@@ -101,6 +101,9 @@ def test_divided_attention_checks_its_inputs() -> None:
     with pytest.raises(ValueError, match=r"^divided_attention: expected `dropout_p` in \[0, 1\), "
                        r"got 1\.0\.$"):
         divided_attention(qt, kt, qs, ks, v, dropout_p=1.0)
+    with pytest.raises(ValueError, match=r"^divided_attention: expected `v` on cpu like "
+                       r"`q_time`, got meta\.$"):
+        divided_attention(qt, kt, qs, ks, v.to("meta"))
     out, w = divided_attention(qt, kt, qs, ks, v, need_weights=True)
     assert out.shape == (b, h, n_q, 7) and w is not None
     torch.testing.assert_close(w.sum(dim=(-2, -1)), torch.ones(b, h, n_q))

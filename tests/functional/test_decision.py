@@ -105,3 +105,12 @@ def test_single_strategies_check_their_inputs(name: str, arg: str, fn) -> None: 
             fn(probs, obs, None)
     # valid inputs still give a distribution per row
     torch.testing.assert_close(fn(probs, obs, *extra).sum(-1), torch.ones(B))
+
+
+def test_single_strategy_device_mismatch_is_named() -> None:
+    from mmfuse.functional.decision import weighted_mean
+
+    probs, obs = _inputs()
+    with pytest.raises(ValueError, match=r"^weighted_mean: expected `weights` on cpu like "
+                       r"`probs`, got meta\.$"):
+        weighted_mean(probs, obs, torch.ones(M, device="meta"))

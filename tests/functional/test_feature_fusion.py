@@ -136,3 +136,19 @@ def test_low_rank_tensor_fusion_checks_factor_shapes() -> None:
                        r"\(B, D\) with B=4, got \(3, 2\)\.$"):
         low_rank_tensor_fusion([zs[0], torch.randn(3, 2)], factors, w, bias)
     assert low_rank_tensor_fusion(zs, factors, w, bias).shape == (4, 7)
+
+
+def test_device_mismatches_are_named() -> None:
+    from mmfuse.functional import bilinear_pool, low_rank_tensor_fusion, masked_softmax
+
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"^masked_softmax: expected `observed` on cpu like "
+                       r"`scores`, got meta\.$"):
+        masked_softmax(x, torch.ones(4, 3, dtype=torch.bool, device="meta"))
+    with pytest.raises(ValueError, match=r"^bilinear_pool: expected `projections\[1\]` on cpu "
+                       r"like `projections\[0\]`, got meta\.$"):
+        bilinear_pool([x, x.to("meta")], None, 3)
+    with pytest.raises(ValueError, match=r"^low_rank_tensor_fusion: expected `bias` on cpu like "
+                       r"`zs\[0\]`, got meta\.$"):
+        low_rank_tensor_fusion([x], [torch.randn(2, 4, 5)], torch.randn(2),
+                               torch.randn(5, device="meta"))

@@ -90,3 +90,20 @@ def test_reparameterize_checks_shapes_and_dtypes() -> None:
     with pytest.raises(TypeError, match=r"^reparameterize: expected `noise` to be a "
                        r"floating-point tensor, got torch.bool\.$"):
         reparameterize(m, torch.zeros(B, D), torch.ones(B, D, dtype=torch.bool))
+
+
+def test_device_mismatches_are_named() -> None:
+    """A meta tensor stands in for another device (CPU-only test machines)."""
+    x = torch.randn(B, D)
+    with pytest.raises(ValueError, match=r"^q_sample: expected `noise` on cpu like `x0`, "
+                       r"got meta\.$"):
+        q_sample(x, x.to("meta"), 0.5)
+    with pytest.raises(ValueError, match=r"^v_target: expected `alpha_bar` on cpu like `x0`, "
+                       r"got meta\.$"):
+        v_target(x, x, torch.rand(B, device="meta"))
+    with pytest.raises(ValueError, match=r"^ddim_step: expected `noise` on cpu like `x0`, "
+                       r"got meta\.$"):
+        ddim_step(x, x, 0.5, 0.7, eta=1.0, noise=x.to("meta"))
+    with pytest.raises(ValueError, match=r"^reparameterize: expected `logvar` on cpu like "
+                       r"`mean`, got meta\.$"):
+        reparameterize(x, x.to("meta"), x)
