@@ -160,6 +160,16 @@ def divided_attention(
         owner=owner,
     )
     check_probability(dropout_p, owner=owner, arg="dropout_p")
+    return _divided_attention(q_time, k_time, q_space, k_space, v, key_mask, query_mask,
+                              dropout_p, need_weights)
+
+
+def _divided_attention(
+    q_time: Tensor, k_time: Tensor, q_space: Tensor, k_space: Tensor, v: Tensor,
+    key_mask: Tensor | None, query_mask: Tensor | None, dropout_p: float, need_weights: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`divided_attention` without its own boundary checks (for callers that have
+    checked); the inner :func:`masked_attention` calls still check their reshaped views."""
     b, h, t, p, d = k_time.shape
     n_q = q_time.shape[2]
     dv = v.shape[-1]

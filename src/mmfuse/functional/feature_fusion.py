@@ -203,6 +203,14 @@ def low_rank_tensor_fusion(
     check_tensor(bias, "O", owner=owner, arg="bias", O=f0["O"])
     check_same_device({"zs[0]": zs[0], **{f"factors[{i}]": f for i, f in enumerate(factors)},
                        "weights": weights, "bias": bias}, owner=owner)
+    return _low_rank_tensor_fusion(zs, factors, weights, bias)
+
+
+def _low_rank_tensor_fusion(
+    zs: Sequence[Tensor], factors: Sequence[Tensor], weights: Tensor, bias: Tensor
+) -> Tensor:
+    """:func:`low_rank_tensor_fusion` without the boundary checks (for callers that have
+    checked, e.g. a module forward whose parameters fix every size)."""
     joint = torch.einsum("bi,rio->bro", _with_one(zs[0]), factors[0])  # (B, R, O)
     for z, factor in zip(zs[1:], factors[1:]):
         joint = joint * torch.einsum("bi,rio->bro", _with_one(z), factor)  # (B, R, O)
@@ -266,6 +274,12 @@ def bilinear_pool(
         )
     check_positive(eps, owner=owner, arg="eps")
     check_probability(dropout_p, owner=owner, arg="dropout_p")
+    return _bilinear_pool(projections, observed, rank, eps, dropout_p, training)
+
+
+def _bilinear_pool(projections: Sequence[Tensor], observed: Tensor | None, rank: int,
+                   eps: float, dropout_p: float, training: bool) -> Tensor:
+    """:func:`bilinear_pool` without the boundary checks (for callers that have checked)."""
     if observed is None:
         joint = projections[0]  # (B, O * R)
         for p in projections[1:]:
