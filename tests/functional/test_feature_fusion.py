@@ -83,6 +83,9 @@ def test_masked_softmax_checks_shapes_and_dtypes() -> None:
     with pytest.raises(TypeError, match=r"^masked_softmax: expected `scores` to be a "
                        r"floating-point tensor, got torch.int64\.$"):
         masked_softmax(scores.long(), torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"^masked_softmax: expected `dim` in \[-2, 2\) for "
+                       r"`scores` of 2 dimensions, got 2\.$"):
+        masked_softmax(scores, torch.ones(2, 3, dtype=torch.bool), dim=2)
     # a broadcastable mask is still accepted and equals the expanded one
     col = torch.tensor([[True], [False]])
     torch.testing.assert_close(masked_softmax(scores, col), masked_softmax(scores, col.expand(2, 3)))
@@ -104,6 +107,9 @@ def test_bilinear_pool_checks_projections_mask_and_rank() -> None:
     with pytest.raises(ValueError, match=r"^bilinear_pool: expected `rank` to divide the "
                        r"projection size 6 \(O \* rank\), got 4\.$"):
         bilinear_pool(ps, obs, 4)
+    with pytest.raises(TypeError, match=r"^bilinear_pool: expected `rank` to be a positive int, "
+                       r"got 2\.0\.$"):
+        bilinear_pool(ps, obs, 2.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^bilinear_pool: expected `dropout_p` in \[0, 1\), "
                        r"got 1\.5\.$"):
         bilinear_pool(ps, obs, 2, dropout_p=1.5)

@@ -56,6 +56,12 @@ def masked_softmax(scores: Tensor, observed: Tensor, dim: int = -1) -> Tensor:
             f"got {got}."
         )
     check_broadcastable(observed, scores, owner=owner, arg="observed", ref_arg="scores")
+    rank = max(scores.dim(), 1)  # a 0-d tensor accepts dim 0 and -1, like torch.softmax
+    if not -rank <= dim < rank:
+        raise ValueError(
+            f"{owner}: expected `dim` in [{-rank}, {rank}) for `scores` of "
+            f"{scores.dim()} dimensions, got {dim}."
+        )
     check_same_device({"scores": scores, "observed": observed}, owner=owner)
     return _masked_softmax(scores, observed, dim)
 
@@ -267,7 +273,9 @@ def bilinear_pool(
     check_mask(observed, owner=owner, arg="observed", layout="B M", B=batch,
                M=len(projections), device=projections[0].device)
     check_positive(rank, owner=owner, arg="rank")
-    if isinstance(rank, int) and projections[0].shape[1] % rank:
+    if not isinstance(rank, int):
+        raise TypeError(f"{owner}: expected `rank` to be a positive int, got {rank!r}.")
+    if projections[0].shape[1] % rank:
         raise ValueError(
             f"{owner}: expected `rank` to divide the projection size "
             f"{projections[0].shape[1]} (O * rank), got {rank}."
