@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..functional import divided_attention
+from ..functional.attention import _divided_attention
 from .attention import _Inputs, _VideoTextAttention
 
 __all__ = ["FactorizedSpatioTemporalAttention"]
@@ -95,14 +95,14 @@ class FactorizedSpatioTemporalAttention(_VideoTextAttention):
         b, t, h, w, _ = tokens.shape
         tokens = tokens.reshape(b, t, h * w, self.video_dim)  # (B, T, P, Dv)
         key_mask = None if x.key_mask is None else x.key_mask.reshape(b, t, h * w)  # (B, T, P)
-        out, maps = divided_attention(
+        out, maps = _divided_attention(  # inputs checked by the base class
             self._heads(self.q_time(x.text)),  # (B, h, L, d)
             self._heads(self.k_time(tokens)),  # (B, h, T, P, d)
             self._heads(self.q_space(x.text)),  # (B, h, L, d)
             self._heads(self.k_space(tokens)),  # (B, h, T, P, d)
             self._heads(self.v_proj(tokens)),  # (B, h, T, P, d)
             key_mask, x.text_mask,
-            dropout_p=self._dropout_p(tokens.device, fused=True),
-            need_weights=need_weights,
+            self._dropout_p(tokens.device, fused=True),
+            need_weights,
         )  # (B, h, L, d); maps (B, h, L, T, P)
         return out, None if maps is None else maps.unflatten(-1, (h, w))  # (B, h, L, T, H, W)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_positive, check_probability
-from ..functional import bilinear_pool
+from ..functional.feature_fusion import _bilinear_pool
 from ._common import check_config, observe_zero_filled
 
 __all__ = ["BilinearFusion"]
@@ -81,10 +81,9 @@ class BilinearFusion(nn.Module):
     ) -> Tensor:
         obs, zs = observe_zero_filled(self, self.dims, features, present)
         projections = [self.proj[m](z) for m, z in zip(self.dims, zs)]  # (B, D * R) each
-        return bilinear_pool(
-            projections, obs.mask, self.rank, eps=self.eps, dropout_p=self.dropout,
-            training=self.training,
-        )  # (B, D)
+        # inputs checked above and sizes fixed by the parameters: the unchecked body
+        return _bilinear_pool(projections, obs.mask, self.rank, self.eps, self.dropout,
+                              self.training)  # (B, D)
 
     def extra_repr(self) -> str:
         return (

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_positive
-from ..functional import low_rank_tensor_fusion
+from ..functional.feature_fusion import _low_rank_tensor_fusion
 from ._common import check_config, observe_zero_filled
 
 __all__ = ["LowRankTensorFusion"]
@@ -79,7 +79,7 @@ class LowRankTensorFusion(nn.Module):
     ) -> Tensor:
         _, zs = observe_zero_filled(self, self.dims, features, present)
         factors = [self.factors[m] for m in self.dims]
-        return low_rank_tensor_fusion(zs, factors, self.weights, self.bias)
+        return _low_rank_tensor_fusion(zs, factors, self.weights, self.bias)  # checked above
 
     def extra_repr(self) -> str:
         return f"dims={self.dims}, out_dim={self.out_dim}, rank={self.rank}"
