@@ -26,12 +26,6 @@ class _Pairs:
         self.kind, self.n_q, self.n_k, self.offset = kind, n_q, n_k, offset
         self.gq, self.gk, self.matrix = gq, gk, matrix
 
-    def transposed(self) -> _Pairs:
-        return _Pairs(
-            self.kind, self.n_k, self.n_q, offset=-self.offset, gq=self.gk, gk=self.gq,
-            matrix=None if self.matrix is None else self.matrix.t(),
-        )
-
     def diag_offset(self, i0: int, i1: int, j0: int, j1: int) -> int | None:
         """For the diagonal kind: the local diagonal offset of block (i0:i1, j0:j1), or None."""
         lo, hi = i0 + self.offset, i1 + self.offset
