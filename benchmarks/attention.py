@@ -7,6 +7,11 @@ the extra memory of one inference (peak allocation above the inputs, from the pr
 memory events, output included), and which kernel ran (torch.profiler). A second table times
 the whole layer (projections included) the same way.
 
+The "floor" columns bound what any exact kernel could reach on the machine that runs the
+script: the core's matrix-multiply FLOPs (2 products forward, at least 4 more backward) at the
+fp32 rate of a large square matmul measured in the same process, divided by the naive time.
+A ratio target below its floor cannot be met by a faster kernel, only by a faster machine.
+
 Run:
     OMP_NUM_THREADS=1 python benchmarks/attention.py [--repeats 5] [--threads 1]
 """
@@ -92,8 +97,17 @@ def kernels(fn: Callable[[], Tensor]) -> list[str]:
     return sorted(n for n in names if "attention" in n.lower() and "aten::scaled" not in n)
 
 
-def core_row(t: int, h: int, w: int, repeats: int) -> tuple[str, list[str]]:
+def gemm_rate(repeats: int, size: int = 2048) -> float:
+    """fp32 FLOP/s of one large square matmul here: an upper bound on attention's matmuls."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return 2 * size**3 / paired({"mm": lambda: a @ b}, repeats)["mm"]
+
+
+def core_row(t: int, h: int, w: int, repeats: int, rate: float) -> tuple[str, list[str]]:
     n, d = t * h * w, D // HEADS
+    product = 2 * B * HEADS * L * n * d  # FLOPs of one (B, h, L, N) matmul
+    floor_infer = 2 * product / rate  # scores and weighted sum
+    floor_train = 6 * product / rate  # + dV, dP, dQ, dK (a flash kernel recomputes a 7th)
     q = torch.randn(B, HEADS, L, d, requires_grad=True)
     k = torch.randn(B, HEADS, n, d, requires_grad=True)
     v = torch.randn(B, HEADS, n, d, requires_grad=True)
@@ -116,6 +130,7 @@ def core_row(t: int, h: int, w: int, repeats: int) -> tuple[str, list[str]]:
     row = (f"| ({t}, {h}, {w}) | {n} | {tr['naive'] * 1e3:.1f} | {tr['fused'] * 1e3:.1f} "
            f"| {tr['fused'] / tr['naive']:.2f} | {inf['naive'] * 1e3:.1f} "
            f"| {inf['fused'] * 1e3:.1f} | {inf['fused'] / inf['naive']:.2f} "
+           f"| {floor_train / tr['naive']:.2f} | {floor_infer / inf['naive']:.2f} "
            f"| {mem['naive']:.1f} | {mem['fused']:.2f} |")
     return row, kernels(lambda: fused_core(q, k, v))
 
@@ -160,13 +175,16 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float32, CPU, "
           f"B={B}, L={L}, D={D}, heads={HEADS}, median of {args.repeats}\n")
+    rate = gemm_rate(args.repeats)
+    print(f"fp32 matmul rate (2048^3, median of {args.repeats}): {rate / 1e9:.0f} GFLOP/s\n")
     print("Attention core (q, k, v given):\n")
     print("| (T, H, W) | N | train naive ms | train fused ms | ratio | infer naive ms "
-          "| infer fused ms | ratio | infer extra MiB naive | fused |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| infer fused ms | ratio | train floor | infer floor | infer extra MiB naive "
+          "| fused |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     kernel_names: list[str] = []
     for t, h, w in SIZES:
-        row, kernel_names = core_row(t, h, w, args.repeats)
+        row, kernel_names = core_row(t, h, w, args.repeats, rate)
         print(row, flush=True)
     print(f"\nkernels in the fused forward + backward: {', '.join(kernel_names)}\n")
     if args.skip_layer:
