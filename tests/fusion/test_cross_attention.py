@@ -182,7 +182,7 @@ def test_errors() -> None:
         CrossAttentionFusion(DIMS, 8, num_heads=3, depth=1)
     with pytest.raises(ValueError, match=r"CrossAttentionFusion: expected `dropout` in \[0, 1\)"):
         CrossAttentionFusion(DIMS, 8, num_heads=2, depth=1, dropout=1.0)
-    with pytest.raises(ValueError, match=r"expected `dims` to name at least two modalities"):
+    with pytest.raises(ValueError, match=r"expected `dims` to name at least 2 modalities, got"):
         CrossAttentionFusion({"video": 3}, 8, num_heads=2, depth=1)
 
 

@@ -67,7 +67,7 @@ def test_gradcheck_float64() -> None:
 def test_errors() -> None:
     with pytest.raises(ValueError, match=r"FiLMFusion: unknown `target` 'video'; expected one of"):
         FiLMFusion(DIMS, 4, target="video")
-    with pytest.raises(ValueError, match=r"FiLMFusion: expected `dims` to name at least two"):
+    with pytest.raises(ValueError, match=r"FiLMFusion: expected `dims` to name at least 2 modalities \(a target"):
         FiLMFusion({"image": 3}, 4)
     assert "target='image'" in repr(FiLMFusion(DIMS, 4))
 

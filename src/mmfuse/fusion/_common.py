@@ -7,7 +7,14 @@ from typing import NamedTuple, cast
 
 from torch import Tensor
 
-from .._checks import check_dims, check_features, check_positive, check_presence, presence_matrix
+from .._checks import (
+    check_dims,
+    check_features,
+    check_positive,
+    check_presence,
+    owner_name,
+    presence_matrix,
+)
 from ..functional import fill_absent
 
 __all__: list[str] = []
@@ -33,9 +40,19 @@ class Observed(NamedTuple):
         return None if self.all_given else self.observed
 
 
-def check_config(owner: object, dims: object, out_dim: object) -> tuple[dict[str, int], int]:
-    """Validate a feature-level constructor's ``dims`` and ``out_dim``; return them as stored."""
+def check_config(
+    owner: object, dims: object, out_dim: object, *, min_modalities: int = 1, why: str = ""
+) -> tuple[dict[str, int], int]:
+    """Validate a feature-level constructor's ``dims`` and ``out_dim``; return them as stored.
+
+    ``min_modalities`` is the fewest modalities the module can fuse (``why`` says why, in the
+    message)."""
     checked = check_dims(dims, owner=owner)
+    if len(checked) < min_modalities:
+        raise ValueError(
+            f"{owner_name(owner)}: expected `dims` to name at least {min_modalities} "
+            f"modalities{why}, got {list(checked)}."
+        )
     check_positive(out_dim, owner=owner, arg="out_dim")
     return checked, int(cast(int, out_dim))
 

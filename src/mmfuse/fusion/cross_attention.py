@@ -122,12 +122,7 @@ class CrossAttentionFusion(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.dims, self.out_dim = check_config(self, dims, out_dim)
-        if len(self.dims) < 2:
-            raise ValueError(
-                f"CrossAttentionFusion: expected `dims` to name at least two modalities, "
-                f"got {list(self.dims)}."
-            )
+        self.dims, self.out_dim = check_config(self, dims, out_dim, min_modalities=2)
         check_heads(out_dim, num_heads, owner=self, arg="out_dim")
         check_positive(depth, owner=self, arg="depth")
         check_probability(dropout, owner=self, arg="dropout")

@@ -63,12 +63,9 @@ class FiLMFusion(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.dims, self.out_dim = check_config(self, dims, out_dim)
-        if len(self.dims) < 2:
-            raise ValueError(
-                f"FiLMFusion: expected `dims` to name at least two modalities (a target and "
-                f"one to condition on), got {list(self.dims)}."
-            )
+        self.dims, self.out_dim = check_config(
+            self, dims, out_dim, min_modalities=2, why=" (a target and one to condition on)"
+        )
         target = next(iter(self.dims)) if target is None else target
         check_choice(target, list(self.dims), owner=self, arg="target")
         self.target = target
