@@ -15,6 +15,7 @@ _EXTRA_OF = {
     "sklearn": ("scikit-learn", "demo"),
     "matplotlib": ("matplotlib", "demo"),
     "tqdm": ("tqdm", "demo"),
+    "scipy": ("scipy", "data"),
 }
 
 
