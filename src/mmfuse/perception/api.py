@@ -15,7 +15,15 @@ import torch
 
 from .._checks import check_choice, check_positive
 from .._optional import require
-from .sample import DecodeError, Loader, Sample, SourceError, SourceTimeoutError, clock
+from .sample import (
+    DecodeError,
+    Loader,
+    Sample,
+    SourceError,
+    SourceTimeoutError,
+    _check_count,
+    clock,
+)
 
 __all__ = ["ApiLoader"]
 
@@ -98,11 +106,11 @@ class ApiLoader(Loader):
         if interval is not None:
             _check_finite_positive(interval, "interval")
         _check_finite_positive(timeout, "timeout")
-        _check_count(retries, "retries", allow_zero=True)
+        _check_count(retries, owner="ApiLoader", arg="retries", allow_zero=True)
         check_positive(backoff, owner=self, arg="backoff", allow_zero=True)
         if not math.isfinite(backoff):
             raise ValueError(f"ApiLoader: expected `backoff` to be a finite number, got {backoff!r}.")
-        _check_count(max_bytes, "max_bytes", allow_zero=False)
+        _check_count(max_bytes, owner="ApiLoader", arg="max_bytes")
         if body is not None and not isinstance(body, (bytes, str)):
             raise TypeError(f"ApiLoader: expected `body` to be bytes, str or None, got {type(body).__name__}.")
         self.url = url
@@ -333,14 +341,6 @@ def _check_finite_positive(value: Any, arg: str) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or not (0 < value < math.inf):
         raise ValueError(f"ApiLoader: expected `{arg}` to be a positive finite number, got {value!r}.")
-
-
-def _check_count(value: Any, arg: str, *, allow_zero: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"ApiLoader: expected `{arg}` to be an int, got {value!r}.")
-    if value < (0 if allow_zero else 1):
-        want = "a non-negative" if allow_zero else "a positive"
-        raise ValueError(f"ApiLoader: expected `{arg}` to be {want} int, got {value!r}.")
 
 
 class _Deadline:
