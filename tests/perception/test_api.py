@@ -293,3 +293,22 @@ def test_failure_messages_end_in_one_period(dead_port: int) -> None:
 def test_bad_argument_types(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=rf"^ApiLoader: expected {re.escape(match)}\.$"):
         ApiLoader("http://127.0.0.1/x", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"headers": 3}, TypeError, "expected `headers` to map str to str, got 3"),
+    ({"headers": {"a": 1}}, TypeError, "expected `headers` to map str to str, got {'a': 1}"),
+    ({"method": "GE T"}, ValueError, "expected `method` to be an HTTP method name, got 'GE T'"),
+    ({"verify": "nope"}, TypeError, "expected `verify` to be a bool or an ssl.SSLContext, got 'nope'"),
+])
+def test_bad_headers_method_and_verify(kwargs: dict[str, object], error: type[Exception],
+                                       match: str) -> None:
+    with pytest.raises(error, match=rf"^ApiLoader: {re.escape(match)}\.$"):
+        ApiLoader("http://127.0.0.1/x", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("url", ["http:// /x", "http://exa mple.com/x", "http://127.0.0.1/a b"])
+def test_urls_with_whitespace_are_invalid(url: str) -> None:
+    with pytest.raises(ValueError, match=rf"^ApiLoader: invalid URL {re.escape(repr(url))}: it "
+                                         rf"contains whitespace\.$"):
+        ApiLoader(url)

@@ -249,3 +249,9 @@ def test_a_fifo_is_refused_at_once(tmp_path: Path, no_leaks: None, no_fd_leaks: 
 def test_sizes_and_counts_are_ints(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(TypeError, match=rf"^CameraLoader: expected {re.escape(match)}\.$"):
         CameraLoader("x.mp4", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("arg", ["open_timeout", "read_timeout", "fps", "reconnect_delay"])
+def test_infinite_times_are_refused(arg: str) -> None:
+    with pytest.raises(ValueError, match=rf"^CameraLoader: expected `{arg}` to be finite, got inf\.$"):
+        CameraLoader("x.mp4", **{arg: float("inf")})  # type: ignore[arg-type]

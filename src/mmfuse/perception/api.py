@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -63,7 +65,7 @@ class ApiLoader(Loader):
         max_bytes: Largest body accepted.
         headers: Extra request headers.
         body: Request body (bytes or str), e.g. for POST.
-        verify: Verify TLS certificates (keep True outside tests).
+        verify: Verify TLS certificates (keep True outside tests), or an ``ssl.SSLContext``.
         follow_redirects: Follow same-origin redirects (off by default).
 
     Meta keys: ``status``, ``headers``, ``attempts``, ``request_time`` (clock time the
@@ -101,6 +103,17 @@ class ApiLoader(Loader):
         _check_url(url)
         if not isinstance(method, str) or not method.strip():
             raise TypeError(f"ApiLoader: expected `method` to be a non-empty str, got {method!r}.")
+        if not _TOKEN.fullmatch(method.strip()):
+            raise ValueError(f"ApiLoader: expected `method` to be an HTTP method name, got {method!r}.")
+        if headers is not None and not (
+            isinstance(headers, Mapping)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+        ):
+            raise TypeError(f"ApiLoader: expected `headers` to map str to str, got {headers!r}.")
+        if not isinstance(verify, (bool, ssl.SSLContext)):
+            raise TypeError(
+                f"ApiLoader: expected `verify` to be a bool or an ssl.SSLContext, got {verify!r}."
+            )
         if not callable(parse):
             check_choice(parse, _PARSERS, owner=self, arg="parse")
         if interval is not None:
@@ -306,6 +319,7 @@ class _Retryable(Exception):
 
 
 _MAX_REDIRECTS = 10
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP method (RFC 9110 token)
 
 
 def _clean(text: str) -> str:
@@ -322,6 +336,8 @@ def _origin(parts: SplitResult) -> str:
 
 
 def _check_url(url: str) -> None:
+    if any(c.isspace() for c in url):
+        raise ValueError(f"ApiLoader: invalid URL {url!r}: it contains whitespace.")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections import deque
@@ -130,6 +131,10 @@ class CameraLoader(Loader):
             check_positive(fps, owner=self, arg="fps")
         if not isinstance(dtype, torch.dtype) or not (dtype == torch.uint8 or dtype.is_floating_point):
             raise TypeError(f"CameraLoader: expected `dtype` torch.uint8 or a floating dtype, got {dtype}.")
+        for arg, value in (("open_timeout", open_timeout), ("read_timeout", read_timeout),
+                           ("fps", fps), ("reconnect_delay", reconnect_delay)):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"CameraLoader: expected `{arg}` to be finite, got {value!r}.")
         check_positive(open_timeout, owner=self, arg="open_timeout")
         check_positive(read_timeout, owner=self, arg="read_timeout")
         _check_count(reconnect, owner="CameraLoader", arg="reconnect", allow_zero=True)
