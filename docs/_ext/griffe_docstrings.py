@@ -50,7 +50,7 @@ def _canonical(obj: Any) -> str | None:
 class RenderDocstrings(griffe.Extension):
     """Rewrite examples and Sphinx roles in every docstring of the loaded package."""
 
-    def on_package(self, *, pkg: Any, loader: Any, **kwargs: Any) -> None:
+    def on_package(self, *, pkg: Any, **kwargs: Any) -> None:
         roots = [line.split(":::", 1)[1].split()[0] for page in sorted(API_PAGES.glob("*.md"))
                  for line in page.read_text().splitlines() if line.startswith(":::")]
         self.anchors: dict[str, str] = {}  # canonical path -> the id of its entry on a page
@@ -58,11 +58,13 @@ class RenderDocstrings(griffe.Extension):
             if root.split(".")[0] != pkg.name:
                 continue
             try:
-                obj = loader.modules_collection[root]
+                obj = pkg.modules_collection[root]
             except KeyError:
                 continue
             self._index(obj, root)
         self._rewrite(pkg, set())
+
+    on_package_loaded = on_package  # the hook's name before griffe 1.0
 
     def _index(self, obj: Any, shown_as: str) -> None:
         """Record ``obj`` (shown under ``shown_as``) and its rendered members."""
