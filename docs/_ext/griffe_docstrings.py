@@ -54,6 +54,7 @@ class RenderDocstrings(griffe.Extension):
         roots = [line.split(":::", 1)[1].split()[0] for page in sorted(API_PAGES.glob("*.md"))
                  for line in page.read_text().splitlines() if line.startswith(":::")]
         self.anchors: dict[str, str] = {}  # canonical path -> the id of its entry on a page
+        self.roots = {".".join(root.split(".")[:2]) for root in roots}
         for root in roots:
             if root.split(".")[0] != pkg.name:
                 continue
@@ -114,4 +115,7 @@ class RenderDocstrings(griffe.Extension):
                 path = _canonical(obj)
                 return self.anchors.get(path) if path else None
             scope = scope.parent
-        return None
+        # not in scope (e.g. named in prose only): a unique documented object of that name
+        found = {self.anchors[path] for path in self.anchors
+                 if path.endswith(f".{name}") and ".".join(path.split(".")[:2]) in self.roots}
+        return found.pop() if len(found) == 1 else None
