@@ -1,7 +1,9 @@
 """Cross-modal retrieval on real data: align spoken digits with handwritten digit images.
 
 Images: scikit-learn's handwritten digits (8x8). Audio: the Free Spoken Digit Dataset (FSDD,
-read from ``<repo>/../shared/data/fsdd`` or ``--audio-dir``). Every recording is paired with an
+read from ``--audio-dir``, by default ``<repo>/../shared/data/fsdd``; without it, the synthetic
+spoken-digit-like sounds of :func:`mmfuse.data.synthesize_spoken_digits`, which are not speech
+and only let the script run anywhere). Every recording is paired with an
 image of the same digit; two small encoders (an MLP on the pixels, an MLP on log-mel mean/std
 statistics) are trained with InfoNCE where *every* pair of the same digit is a positive
 (``positives=labels``), so same-digit items are never pushed apart as negatives.
@@ -30,6 +32,7 @@ from mmfuse.metrics import retrieval_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AUDIO = ROOT.parent / "shared" / "data" / "fsdd"
+SYNTHETIC_PER_CLASS = {False: (160, 40), True: (40, 10)}  # (train, test) clips per digit, by --quick
 SAMPLE_RATE = 8000
 
 
@@ -85,6 +88,18 @@ def load_fsdd(folder: Path, n_mels: int = 40) -> tuple[torch.Tensor, torch.Tenso
     return torch.stack(feats), torch.tensor(labels), torch.tensor(test)
 
 
+def load_synthetic(n_train: int, n_test: int, seed: int,
+                   n_mels: int = 40) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Like :func:`load_fsdd` for synthetic spoken-digit-like sounds (not speech)."""
+    from mmfuse.data import synthesize_spoken_digits
+
+    waves, labels = synthesize_spoken_digits(n_train + n_test, seed=seed)  # (10 * n, S)
+    fbank = mel_filterbank(n_mels, 256, SAMPLE_RATE)
+    feats = torch.stack([log_mel_stats(w, fbank) for w in waves])
+    test = (torch.arange(len(labels)) % (n_train + n_test)) >= n_train  # the last of each digit
+    return feats, labels, test
+
+
 # ----------------------------------------------------------------------------- data and model
 
 
@@ -112,7 +127,11 @@ def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--audio-dir", type=Path, default=DEFAULT_AUDIO)
+    p.add_argument("--audio-dir", type=Path, default=None,
+                   help=f"FSDD recordings (default {DEFAULT_AUDIO} if it exists, else "
+                        "synthetic audio)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="use synthetic spoken-digit-like audio (not speech) instead of FSDD")
     p.add_argument("--quick", action="store_true", help="fewer epochs (runs well under 1 min)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=256)
@@ -122,6 +141,13 @@ def main() -> None:
                    help="digit: every same-digit pair is a positive (default); pair: only the "
                         "paired item, other same-digit items count as negatives (ablation)")
     args = p.parse_args()
+    audio_dir = args.audio_dir
+    if args.synthetic:
+        audio_dir = None
+    elif audio_dir is None and (DEFAULT_AUDIO / "recordings").is_dir():
+        audio_dir = DEFAULT_AUDIO
+    elif audio_dir is not None and not audio_dir.is_dir():
+        p.error(f"--audio-dir {audio_dir} is not a folder (FSDD recordings expected)")
     epochs = args.epochs or (15 if args.quick else 60)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
@@ -136,7 +162,13 @@ def main() -> None:
     n_test_img = len(images) // 5
     img_test_idx, img_train_idx = perm[:n_test_img], perm[n_test_img:]
 
-    audio, audio_labels, audio_test = load_fsdd(args.audio_dir)
+    if audio_dir is None:
+        audio, audio_labels, audio_test = load_synthetic(*SYNTHETIC_PER_CLASS[args.quick], args.seed)
+        source = "synthetic spoken-digit-like audio (SYNTHETIC: not speech)"
+    else:
+        audio, audio_labels, audio_test = load_fsdd(audio_dir)
+        source = f"FSDD recordings in {audio_dir}"
+    print(f"audio: {source}")
     print(f"loaded {len(images)} images and {len(audio)} recordings in {time.time() - t0:.1f}s")
 
     # pairs: train recordings with train images, test recordings with held-out images
@@ -180,7 +212,8 @@ def main() -> None:
     i2a = retrieval_metrics(zi, za, ks=ks, positives=lab_te)
     a2i = retrieval_metrics(za, zi, ks=ks, positives=lab_te)
     chance = float(np.mean([(lab_te == d).float().mean().item() for d in lab_te.tolist()]))
-    print(f"\nheld-out pairs: {len(lab_te)} (FSDD test split, held-out images); "
+    split = "synthetic test clips" if audio_dir is None else "FSDD test split"
+    print(f"\nheld-out pairs: {len(lab_te)} ({split}, held-out images); "
           f"a match = same digit; R@1 by chance = {chance:.3f}")
     print("| direction | R@1 | R@5 | mAP |")
     print("|---|---|---|---|")

@@ -14,21 +14,42 @@ divided by the *global* number of anchors. So, over ranks:
 ``DistributedDataParallel`` *averages* gradients over ranks; to train with the single-process
 gradient under DDP, multiply the loss by ``world_size`` (open_clip's local-loss convention
 differs by exactly this factor).
+
+Before any data moves, the ranks exchange one small int64 header each (batch size, trailing
+shape, dtype, whether gradients are wanted, and whether the rank's own input checks passed).
+So a rank whose tensor disagrees with the others in trailing shape or dtype makes *every* rank
+raise the same :class:`~mmfuse.errors.ShapeError`, listing what each rank sent, instead of a
+crash inside the backend or a hang; a rank with an empty batch (B=0) still takes part and
+contributes no rows, so uneven last batches work. A collective needs every rank: each rank must
+make the same calls (and, once any rank's gathered tensor requires gradients, call
+``backward`` too).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch import distributed as dist
 
-from ._checks import check_batched, check_choice, owner_name
-from .functional._contrastive_checks import _check_pair_inputs, _tile_size
+from ._checks import check_batched, check_choice, check_tensor, format_shape, owner_name
+from .errors import ShapeError
+from .functional._contrastive_checks import (
+    _check_pair_inputs,
+    _check_positives,
+    _check_weights,
+    _Inputs,
+    _tile_size,
+)
 from .functional.contrastive import _weighted_mean, info_nce_terms, make_pairs
 
 __all__ = ["all_gather_with_grad", "gather_sizes", "info_nce_gathered", "is_distributed"]
+
+# every dtype torch defines, in a fixed order: its index is the dtype's code in the header
+_DTYPES = sorted({v for v in vars(torch).values() if isinstance(v, torch.dtype)}, key=str)
+_DIMS_IN_HEADER = 8  # trailing dims sent in the header; more take a second exchange
+_DIRECTIONS = ("both", "a2b", "b2a")
 
 
 def is_distributed(group: Any = None) -> bool:
@@ -44,6 +65,87 @@ def gather_sizes(n: int, *, device: torch.device, group: Any = None) -> list[int
     out = [torch.zeros_like(local) for _ in range(dist.get_world_size(group))]
     dist.all_gather(out, local, group=group)
     return [int(t.item()) for t in out]
+
+
+def _exchange(values: list[int], *, device: torch.device, group: Any) -> list[list[int]]:
+    """All-gather a list of ints of the same length on every rank."""
+    local = torch.tensor(values, dtype=torch.int64, device=device)
+    out = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, local, group=group)
+    return [[int(v) for v in t.tolist()] for t in out]
+
+
+def _backend_device(group: Any) -> torch.device:
+    """Where the header lives when the rank has no tensor to take a device from."""
+    if dist.get_backend(group) == "nccl":  # pragma: no cover - needs GPUs
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class _Sent(NamedTuple):
+    """What one rank announced in the header."""
+
+    dtype: torch.dtype
+    grad: bool
+    shape: tuple[int, ...]
+    extra: tuple[int, ...]
+
+    def text(self) -> str:
+        return f"{format_shape(self.shape)} {str(self.dtype).removeprefix('torch.')}"
+
+
+def _agree(x: object, *, group: Any, owner: object, arg: str, error: BaseException | None = None,
+           extra: tuple[int, ...] = (), extra_text: Any = None) -> list[_Sent]:
+    """Exchange the header of ``x`` with every rank and raise on every rank if they disagree.
+
+    ``error`` is this rank's own input error (raised here after telling the other ranks, which
+    raise too). ``extra`` are further ints every rank must agree on (``extra_text`` describes
+    them for the message). Returns what every rank sent, in rank order.
+    """
+    ok = error is None and isinstance(x, Tensor) and x.dim() >= 1
+    device = x.device if isinstance(x, Tensor) else _backend_device(group)
+    if ok:
+        assert isinstance(x, Tensor)
+        code = _DTYPES.index(x.dtype)
+        grad = int(x.requires_grad and torch.is_grad_enabled())
+        shape = list(x.shape)
+    else:
+        code, grad, shape = -1, 0, [0]
+    trailing = shape[1:_DIMS_IN_HEADER + 1]
+    # header: failed, dtype code, wants grad, ndim, B, extra..., trailing dims (padded)
+    head = [int(not ok), code, grad, len(shape), shape[0], *extra,
+            *trailing, *[-1] * (_DIMS_IN_HEADER - len(trailing))]
+    rows = _exchange(head, device=device, group=group)
+    failed = [r for r, row in enumerate(rows) if row[0]]
+    if failed:
+        if error is not None:
+            raise error
+        if not ok:  # pragma: no cover - callers check x before
+            check_batched(x, owner=owner, arg=arg)
+        raise ShapeError(
+            f"{owner_name(owner)}: rank {', '.join(map(str, failed))} failed its input checks "
+            f"(see that rank's error), so no rank gathers `{arg}`."
+        )
+    k = len(extra)
+    ndims = {row[3] for row in rows}
+    if len(ndims) == 1 and next(iter(ndims)) - 1 > _DIMS_IN_HEADER:  # every rank sends more
+        shapes = [tuple(r) for r in _exchange(shape, device=device, group=group)]
+    else:
+        shapes = [(row[4], *row[5 + k:][: row[3] - 1]) for row in rows]
+    sent = [_Sent(_DTYPES[row[1]], bool(row[2]), shape_r, tuple(row[5:5 + k]))
+            for row, shape_r in zip(rows, shapes)]
+    if extra and len({s.extra for s in sent}) > 1:
+        described = "; ".join(f"rank {r}: {extra_text(s.extra)}" for r, s in enumerate(sent))
+        raise ValueError(
+            f"{owner_name(owner)}: expected the same options on every rank, got {described}."
+        )
+    if len({(s.dtype, s.shape[1:]) for s in sent}) > 1:
+        described = ", ".join(f"rank {r}: {s.text()}" for r, s in enumerate(sent))
+        raise ShapeError(
+            f"{owner_name(owner)}: expected `{arg}` with the same trailing shape and dtype on "
+            f"every rank (all_gather_with_grad), got {described}."
+        )
+    return sent
 
 
 def _gather_padded(x: Tensor, sizes: list[int], group: Any) -> Tensor:
@@ -73,28 +175,83 @@ class _AllGather(torch.autograd.Function):
 def all_gather_with_grad(x: Tensor, *, group: Any = None) -> Tensor:
     """Concatenate ``x`` from every rank along dim 0, in rank order, keeping gradients.
 
-    Ranks may hold different batch sizes (the other dimensions must agree): each pads to the
-    largest, gathers, and strips the padding. In the backward, the gradients of all ranks with
-    respect to the gathered tensor are summed and each rank receives the slice of its own
-    shard, so a loss summed over ranks is differentiated exactly. Without an initialised
-    process group (or with one rank) ``x`` is returned unchanged.
+    Ranks may hold different batch sizes, an empty batch (B=0) included; the other dimensions
+    and the dtype must agree. The ranks first exchange a small header (batch size, trailing
+    shape, dtype), so a disagreement raises the same :class:`~mmfuse.errors.ShapeError` on
+    every rank, naming what each sent. Then each pads to the largest batch, gathers, and strips
+    the padding. In the backward, the gradients of all ranks with respect to the gathered tensor
+    are summed and each rank receives the slice of its own shard, so a loss summed over ranks is
+    differentiated exactly. When ``x`` requires gradients on any rank, the output requires them
+    on every rank, and every rank must call ``backward`` (the backward is a collective too).
+    Without an initialised process group (or with one rank) ``x`` is returned unchanged.
 
-    Bool tensors are gathered without gradient.
+    Bool and integer tensors are gathered without gradient.
 
     Shape:
         - x: (B_r, *) on rank r
         - output: (sum_r B_r, *)
     """
-    check_batched(x, owner="all_gather_with_grad", arg="x")
-    if not is_distributed(group):
-        return x
-    sizes = gather_sizes(x.shape[0], device=x.device, group=group)
+    return _gather(x, group=group, owner="all_gather_with_grad", arg="x")[0]
+
+
+def _gather(x: Tensor, *, group: Any, owner: object, arg: str, error: BaseException | None = None,
+            extra: tuple[int, ...] = (), extra_text: Any = None) -> tuple[Tensor, list[int]]:
+    """:func:`all_gather_with_grad` naming ``owner`` and ``arg``; also returns every rank's
+    batch size. ``error``: this rank's own input error, raised after telling the others."""
+    distributed = is_distributed(group)
+    if error is None:
+        try:
+            check_batched(x, owner=owner, arg=arg)
+        except (TypeError, ValueError) as exc:
+            if not distributed:
+                raise
+            error = exc
+    if not distributed:
+        if error is not None:
+            raise error
+        return x, [x.shape[0]]
+    sent = _agree(x, group=group, owner=owner, arg=arg, error=error, extra=extra,
+                  extra_text=extra_text)
+    sizes = [s.shape[0] for s in sent]
+    if max(sizes) == 0:
+        return x, sizes
     if x.dtype == torch.bool:
-        return _gather_padded(x.to(torch.uint8), sizes, group).bool()
-    if not (x.is_floating_point() and x.requires_grad):
-        return _gather_padded(x, sizes, group)
+        return _gather_padded(x.to(torch.uint8), sizes, group).bool(), sizes
+    if not (x.is_floating_point() and any(s.grad for s in sent)):
+        return _gather_padded(x, sizes, group), sizes
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        # another rank wants gradients: this rank must join the backward's all-reduce, so its
+        # output requires gradients too (they reach a leaf that nothing reads)
+        x = x.detach().requires_grad_()
     out: Tensor = _AllGather.apply(x, sizes, dist.get_rank(group), group)
-    return out
+    return out, sizes
+
+
+def _describe_options(extra: tuple[int, ...]) -> str:
+    positives, weights, direction = extra
+    w = ("None", "a float tensor", "a bool tensor")[weights]
+    d = _DIRECTIONS[direction] if 0 <= direction < len(_DIRECTIONS) else "invalid"
+    return f"positives {'given' if positives else 'None'}, weights {w}, direction {d!r}"
+
+
+def _check_inputs(a: object, b: object, positives: object, weights: object, direction: object,
+                  *, owner: object, allow_empty: bool) -> _Inputs:
+    """The local checks of :func:`info_nce_gathered`; an empty batch passes when gathering."""
+    check_choice(direction, _DIRECTIONS, owner=owner, arg="direction")
+    if isinstance(positives, Tensor) and positives.dim() != 1:
+        raise ValueError(
+            f"{owner_name(owner)}: expected `positives` as (B,) group ids when gathering across "
+            f"ranks, got a matrix of shape {tuple(positives.shape)}."
+        )
+    if allow_empty and isinstance(a, Tensor) and a.dim() == 2 and a.shape[0] == 0:
+        dims = check_tensor(a, "B D", owner=owner, arg="a")
+        check_tensor(b, "B D", owner=owner, arg="b", B=0, D=dims["D"])
+        assert isinstance(b, Tensor)
+        if a.device != b.device:
+            raise ValueError(f"{owner_name(owner)}: expected `b` on {a.device} like `a`, got {b.device}.")
+        return _Inputs(_check_positives(positives, 0, 0, owner=owner),
+                       *_check_weights(weights, 0, owner=owner))
+    return _check_pair_inputs(a, b, positives, weights, owner=owner)
 
 
 def info_nce_gathered(
@@ -119,30 +276,52 @@ def info_nce_gathered(
     ``positives`` may be None (pairs by row) or (B,) group ids, gathered with the embeddings;
     ``weights`` are gathered too. Without a process group this is :func:`info_nce`.
 
+    A rank may hold an empty batch (B=0): it takes part in every collective and its share is
+    0, so uneven last batches work; at least one rank must hold a row. Every rank must pass
+    ``positives`` and ``weights`` alike (all or none) and the same ``direction``. When one
+    rank's inputs fail their checks, or disagree with the other ranks' in trailing shape or
+    dtype, every rank raises (the failing rank its own error), and none hangs.
+
     Shape:
         - a, b: (B_r, D) on rank r; positives, weights: (B_r,)
         - output: () scalar
     """
-    inp = _check_pair_inputs(a, b, positives, weights, owner=owner)
-    check_choice(direction, ("both", "a2b", "b2a"), owner=owner, arg="direction")
-    if positives is not None and positives.dim() != 1:
-        raise ValueError(
-            f"{owner_name(owner)}: expected `positives` as (B,) group ids when gathering across "
-            f"ranks, got a matrix of shape {tuple(positives.shape)}."
+    distributed = is_distributed(group)
+    error: BaseException | None = None
+    inp: _Inputs | None = None
+    try:
+        inp = _check_inputs(a, b, positives, weights, direction, owner=owner,
+                            allow_empty=distributed)
+    except (TypeError, ValueError) as exc:
+        if not distributed:
+            raise
+        error = exc
+    if distributed:
+        options = (
+            int(positives is not None),
+            0 if weights is None else 2 if getattr(weights, "dtype", None) == torch.bool else 1,
+            _DIRECTIONS.index(direction) if direction in _DIRECTIONS else -1,
         )
-    n = a.shape[0]
-    sizes = gather_sizes(n, device=a.device, group=group) if is_distributed(group) else [n]
-    rank = dist.get_rank(group) if len(sizes) > 1 else 0
-    offset, total = sum(sizes[:rank]), sum(sizes)
-    a_all = all_gather_with_grad(a, group=group)
-    b_all = all_gather_with_grad(b, group=group)
+        a_all, sizes = _gather(a, group=group, owner=owner, arg="a", error=error, extra=options,
+                               extra_text=_describe_options)
+        b_all = _gather(b, group=group, owner=owner, arg="b")[0]
+        rank = dist.get_rank(group)
+    else:
+        a_all, b_all, sizes, rank = a, b, [a.shape[0]], 0
+    assert inp is not None  # an error was raised on every rank above
+    n, offset, total = sizes[rank], sum(sizes[:rank]), sum(sizes)
+    if total == 0:
+        raise ValueError(
+            f"{owner_name(owner)}: expected at least one row of `a` and `b` across the ranks, "
+            f"got B=0 on every rank."
+        )
     if positives is not None:
-        pairs = make_pairs(n, total, groups_q=positives,
-                           groups_k=all_gather_with_grad(positives, group=group))
+        groups_k = _gather(positives, group=group, owner=owner, arg="positives")[0]
+        pairs = make_pairs(n, total, groups_q=positives, groups_k=groups_k)
     else:
         pairs = make_pairs(n, total, offset=offset)
-    w_all = None if inp.weights is None else all_gather_with_grad(inp.weights.detach(),
-                                                                   group=group)
+    w_all = None if inp.weights is None else _gather(inp.weights.detach(), group=group,
+                                                     owner=owner, arg="weights")[0]
     v_all = None if w_all is None else (w_all if w_all.dtype == torch.bool else w_all != 0)
     tile = _tile_size(chunk_size, n, total, owner=owner)
     parts = []
@@ -154,7 +333,7 @@ def info_nce_gathered(
                            normalize=normalize, tile=tile)
         num, den = _weighted_mean(t.rows, t.row_positives, inp.weights)
         den = den.detach().clone()
-        if len(sizes) > 1:
+        if distributed:
             dist.all_reduce(den, op=dist.ReduceOp.SUM, group=group)
         parts.append(num / den.clamp_min(torch.finfo(num.dtype).tiny))
     loss = parts[0] if len(parts) == 1 else (parts[0] + parts[1]) / 2

@@ -1,8 +1,10 @@
 """Local servers for the perception tests, run as a child process on 127.0.0.1.
 
-One HTTP server (an MJPEG camera and the JSON/text/image/error routes the ApiLoader tests
-use) and one "silent" TCP server that accepts connections and never answers. Prints
-``HTTP <port>`` and ``SILENT <port>`` on stdout once both listen; runs until killed.
+One HTTP server (an MJPEG camera and the JSON/text/image/error/redirect routes the ApiLoader
+tests use), one "silent" TCP server that accepts connections and never answers, and one
+"trickle" server that answers with a status line and endless header lines, one byte every
+0.2 s. Prints ``HTTP <port>``, ``SILENT <port>`` and ``TRICKLE <port>`` on stdout once all
+listen; runs until killed.
 """
 
 from __future__ import annotations
@@ -110,6 +112,17 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"0\r\n\r\n")
             except (BrokenPipeError, ConnectionResetError):
                 pass
+        elif url.path == "/redirect":
+            # a redirect to ``to`` (any URL) with status ``code``
+            self.send_response(int(q.get("code", 302)))
+            self.send_header("Location", q["to"])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif url.path == "/loop":
+            self.send_response(302)
+            self.send_header("Location", "/loop")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif url.path == "/big-cl":
             self._send(200, b"y" * int(q["n"]), "application/octet-stream")
         else:
@@ -153,12 +166,41 @@ def silent_server() -> socket.socket:
     return sock
 
 
+def trickle_server(delay: float = 0.2) -> socket.socket:
+    """Answer every connection with a status line and header lines without end, one byte at a
+    time every ``delay`` seconds (each read succeeds; only a whole-request deadline stops it)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+
+    def trickle(conn: socket.socket) -> None:
+        data = b"HTTP/1.1 200 OK\r\n" + b"X-Slow: aaaaaaaaaa\r\n" * 100000
+        try:
+            for i in range(len(data)):
+                conn.sendall(data[i:i + 1])
+                time.sleep(delay)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def serve() -> None:
+        while True:
+            conn, _ = sock.accept()
+            threading.Thread(target=trickle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return sock
+
+
 def main() -> None:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     silent = silent_server()
     print(f"HTTP {httpd.server_address[1]}", flush=True)
+    trickle = trickle_server()
     print(f"SILENT {silent.getsockname()[1]}", flush=True)
+    print(f"TRICKLE {trickle.getsockname()[1]}", flush=True)
     httpd.serve_forever()
 
 

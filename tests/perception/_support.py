@@ -27,6 +27,7 @@ class Servers:
     http: int
     silent: int
     pid: int
+    trickle: int
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.http}{path}"

@@ -67,13 +67,14 @@ def _read_lines(proc: subprocess.Popen[bytes], count: int, timeout: float) -> li
 
 @pytest.fixture(scope="session")
 def servers() -> Iterator[Servers]:
-    """The MJPEG camera + API HTTP server and a server that accepts and never answers."""
+    """The MJPEG camera + API HTTP server, a server that accepts and never answers, and one
+    that trickles its headers."""
     pytest.importorskip("cv2", reason="the MJPEG server encodes frames with OpenCV")
     proc = subprocess.Popen([sys.executable, str(HERE / "_servers.py")], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
-    lines = dict(line.split() for line in _read_lines(proc, 2, 20.0))
+    lines = dict(line.split() for line in _read_lines(proc, 3, 20.0))
     try:
-        yield Servers(int(lines["HTTP"]), int(lines["SILENT"]), proc.pid)
+        yield Servers(int(lines["HTTP"]), int(lines["SILENT"]), proc.pid, int(lines["TRICKLE"]))
     finally:
         _stop(proc)
 
@@ -187,6 +188,33 @@ def no_leaks() -> Iterator[None]:
         time.sleep(0.05)
     assert not extra_threads, f"leaked threads: {extra_threads}"
     assert not extra_kids, f"leaked child processes: {extra_kids}"
+
+
+def open_fds() -> set[str]:
+    """The file descriptors this process holds, from /proc/self/fd."""
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def no_fd_leaks() -> Iterator[None]:
+    """Fail if the test leaves a file descriptor open or a thread running (the count of
+    threads and the descriptors in /proc/self/fd, before and after)."""
+    threads = threading.active_count()
+    fds = open_fds()
+    yield
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline and (threading.active_count() > threads or open_fds() - fds):
+        time.sleep(0.05)
+    assert threading.active_count() <= threads, f"leaked threads: {threading.enumerate()}"
+    leaked = {fd: _fd_target(fd) for fd in open_fds() - fds}
+    assert not leaked, f"leaked file descriptors: {leaked}"
+
+
+def _fd_target(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -163,3 +164,151 @@ def test_tls_verification_is_on_by_default() -> None:
         assert ssl_context.verify_mode == ssl.CERT_REQUIRED and ssl_context.check_hostname
     finally:
         api.close()
+
+
+# -- one deadline per attempt, close from another thread ---------------------------------------
+def test_trickling_headers_fail_within_the_deadline(servers: Servers, no_leaks: None,
+                                                    no_fd_leaks: None) -> None:
+    # the server sends its status and header lines one byte every 0.2 s: every read succeeds,
+    # only the whole-attempt deadline stops the request
+    url = f"http://127.0.0.1:{servers.trickle}/json"
+    api = ApiLoader(url, timeout=1.0, retries=0)
+    t0 = time.monotonic()
+    with pytest.raises(SourceTimeoutError,
+                       match=r"^ApiLoader: GET .* failed after 1 attempt\(s\): timed out after 1.0s"):
+        next(api)
+    assert time.monotonic() - t0 < 1.0 + 0.5
+    assert api.closed
+
+
+def test_trickling_headers_with_retries(servers: Servers, no_fd_leaks: None) -> None:
+    url = f"http://127.0.0.1:{servers.trickle}/json"
+    t0 = time.monotonic()
+    with pytest.raises(SourceTimeoutError, match=r"failed after 2 attempt\(s\): timed out"):
+        next(ApiLoader(url, timeout=0.5, retries=1, backoff=0.0))
+    assert time.monotonic() - t0 < 2 * 0.5 + 0.5
+
+
+@pytest.mark.parametrize("which", ["trickle", "silent"])
+def test_close_from_another_thread_aborts_a_request_in_flight(servers: Servers, which: str,
+                                                              no_leaks: None,
+                                                              no_fd_leaks: None) -> None:
+    port = servers.trickle if which == "trickle" else servers.silent
+    api = ApiLoader(f"http://127.0.0.1:{port}/json", timeout=30.0, retries=3)
+    timer = threading.Timer(0.5, api.close)
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match=r"^ApiLoader: closed while GET http://127\.0\.0\.1:\d+/json "
+                                          r"was in flight\.$"):
+        next(api)
+    assert time.monotonic() - t0 < 0.5 + 1.0  # not the 30 s timeout, and no retry
+    timer.join()
+    assert api.closed
+    with pytest.raises(StopIteration):
+        next(api)
+
+
+# -- redirects ----------------------------------------------------------------------------------
+def test_redirects_are_refused_by_default(servers: Servers, no_fd_leaks: None) -> None:
+    t0 = time.monotonic()
+    url = servers.url("/redirect?to=/json")
+    with pytest.raises(SourceError, match=r"^ApiLoader: GET .*/redirect\?to=/json answered HTTP 302 "
+                                          r"Found, a redirect to '/json'; redirects are off \(pass "
+                                          r"follow_redirects=True .*\)\.$"):
+        next(ApiLoader(url, retries=5, backoff=10.0))
+    assert time.monotonic() - t0 < 5.0  # at once, not retried
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_same_origin_redirects_are_followed_when_asked(servers: Servers, code: int) -> None:
+    with ApiLoader(servers.url(f"/redirect?to=/json&code={code}"), follow_redirects=True) as api:
+        value, _, meta = next(api)
+    assert value == {"value": 42, "items": [1, 2, 3]}
+    assert meta["url"] == servers.url("/json") and meta["attempts"] == 1
+
+
+def _targets(servers: Servers) -> list[str]:
+    return [
+        f"http://127.0.0.1:{servers.silent}/json",  # another port
+        f"http://localhost:{servers.http}/json",  # another host name
+        f"https://127.0.0.1:{servers.http}/json",  # another scheme
+        "file:///etc/passwd",
+        "ftp://127.0.0.1/x",
+    ]
+
+
+@pytest.mark.parametrize("k", range(5), ids=["port", "host", "https", "file", "ftp"])
+def test_redirects_off_the_origin_fail_at_once(servers: Servers, k: int, no_fd_leaks: None) -> None:
+    target = _targets(servers)[k]
+    url = servers.url(f"/redirect?to={target}")
+    t0 = time.monotonic()
+    with pytest.raises(SourceError) as info:
+        next(ApiLoader(url, follow_redirects=True, retries=5, backoff=10.0))
+    message = str(info.value)
+    assert re.fullmatch(rf"ApiLoader: GET .* answered HTTP 302 Found, a redirect to "
+                        rf"'{re.escape(target)}', which leaves the origin http://127\.0\.0\.1:"
+                        rf"{servers.http}; only same-origin redirects are followed\.", message)
+    assert time.monotonic() - t0 < 5.0
+
+
+def test_a_redirect_loop_is_too_many_redirects(servers: Servers, no_fd_leaks: None) -> None:
+    with pytest.raises(SourceError, match=r"^ApiLoader: GET .*/loop gave too many redirects "
+                                          r"\(more than 10\)\.$"):
+        next(ApiLoader(servers.url("/loop"), follow_redirects=True, retries=5, backoff=10.0))
+
+
+# -- errors that fail at once, naming the loader --------------------------------------------------
+@pytest.mark.parametrize(("url", "why"), [
+    ("http://[::1", "Invalid IPv6 URL"),
+    ("http://127.0.0.1:99999/x", "Port out of range 0-65535"),
+    ("http://127.0.0.1:port/x", "Port could not be cast to integer value as 'port'"),
+])
+def test_invalid_urls_fail_in_the_constructor(url: str, why: str) -> None:
+    with pytest.raises(ValueError, match=rf"^ApiLoader: invalid URL {re.escape(repr(url))}: "
+                                         rf"{re.escape(why)}\.$"):
+        ApiLoader(url)
+
+
+def test_4xx_message_is_one_sentence(servers: Servers) -> None:
+    with pytest.raises(SourceError) as info:
+        next(ApiLoader(servers.url("/status?code=403"), retries=3, backoff=10.0))
+    assert re.fullmatch(r"ApiLoader: GET \S+ answered HTTP 403 Forbidden\.", str(info.value))
+
+
+def test_failure_messages_end_in_one_period(dead_port: int) -> None:
+    with pytest.raises(SourceError) as info:
+        next(ApiLoader(f"http://127.0.0.1:{dead_port}/json", retries=0))
+    assert str(info.value).endswith(".") and not str(info.value).endswith("..")
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"timeout": float("inf")}, ValueError, "`timeout` to be a positive finite number, got inf"),
+    ({"timeout": float("nan")}, ValueError, "`timeout` to be a positive finite number, got nan"),
+    ({"retries": 1.5}, TypeError, "`retries` to be an int, got 1.5"),
+    ({"retries": True}, TypeError, "`retries` to be an int, got True"),
+    ({"max_bytes": 0}, ValueError, "`max_bytes` to be a positive int, got 0"),
+    ({"method": 3}, TypeError, "`method` to be a non-empty str, got 3"),
+    ({"body": 3}, TypeError, "`body` to be bytes, str or None, got int"),
+])
+def test_bad_argument_types(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=rf"^ApiLoader: expected {re.escape(match)}\.$"):
+        ApiLoader("http://127.0.0.1/x", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"headers": 3}, TypeError, "expected `headers` to map str to str, got 3"),
+    ({"headers": {"a": 1}}, TypeError, "expected `headers` to map str to str, got {'a': 1}"),
+    ({"method": "GE T"}, ValueError, "expected `method` to be an HTTP method name, got 'GE T'"),
+    ({"verify": "nope"}, TypeError, "expected `verify` to be a bool or an ssl.SSLContext, got 'nope'"),
+])
+def test_bad_headers_method_and_verify(kwargs: dict[str, object], error: type[Exception],
+                                       match: str) -> None:
+    with pytest.raises(error, match=rf"^ApiLoader: {re.escape(match)}\.$"):
+        ApiLoader("http://127.0.0.1/x", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("url", ["http:// /x", "http://exa mple.com/x", "http://127.0.0.1/a b"])
+def test_urls_with_whitespace_are_invalid(url: str) -> None:
+    with pytest.raises(ValueError, match=rf"^ApiLoader: invalid URL {re.escape(repr(url))}: it "
+                                         rf"contains whitespace\.$"):
+        ApiLoader(url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -231,3 +232,26 @@ def test_rtsp_camera(rtsp_url: str, no_leaks: None) -> None:
     times = [s.timestamp for s in samples]
     assert before <= times[0] <= times[-1] <= clock()
     assert len({s.meta["frame"] for s in samples}) == 5
+
+
+def test_a_fifo_is_refused_at_once(tmp_path: Path, no_leaks: None, no_fd_leaks: None) -> None:
+    fifo = tmp_path / "clip.mp4"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes
+    with pytest.raises(SourceError, match=r"^CameraLoader: '.*clip\.mp4' is not a regular file"):
+        CameraLoader(fifo)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"size": (2.5, 4)}, "`size` to be an int, got 2.5"),
+    ({"buffer_size": 1.5}, "`buffer_size` to be an int, got 1.5"),
+    ({"reconnect": True}, "`reconnect` to be an int, got True"),
+])
+def test_sizes_and_counts_are_ints(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(TypeError, match=rf"^CameraLoader: expected {re.escape(match)}\.$"):
+        CameraLoader("x.mp4", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("arg", ["open_timeout", "read_timeout", "fps", "reconnect_delay"])
+def test_infinite_times_are_refused(arg: str) -> None:
+    with pytest.raises(ValueError, match=rf"^CameraLoader: expected `{arg}` to be finite, got inf\.$"):
+        CameraLoader("x.mp4", **{arg: float("inf")})  # type: ignore[arg-type]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from mmfuse.perception import AudioFileLoader, DecodeError, clock
+from mmfuse.perception import AudioFileLoader, DecodeError, SourceError, clock
 from perception._support import WAV_RATE
 
 sf = pytest.importorskip("soundfile")
@@ -74,3 +76,33 @@ def test_undecodable_file(tmp_path: Path, content: bytes, no_leaks: None) -> Non
 def test_bad_block_size(wav_file: Path) -> None:
     with pytest.raises(ValueError, match="`block_size` to be a positive"):
         AudioFileLoader(wav_file, block_size=0)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_non_regular_files_are_refused_at_once(tmp_path: Path, kind: str, no_leaks: None,
+                                               no_fd_leaks: None) -> None:
+    if kind == "fifo":
+        path = tmp_path / "stream.wav"
+        os.mkfifo(path)  # soundfile would block opening it until a writer comes
+        what = "a FIFO"
+    elif kind == "directory":
+        path, what = tmp_path, "a directory"
+    else:
+        path, what = Path("/dev/zero"), "a character device"  # would never end
+    with pytest.raises(SourceError, match=rf"^AudioFileLoader: {re.escape(repr(str(path)))} is not "
+                                          rf"a regular file \({what}\); expected an audio file\.$"):
+        AudioFileLoader(path)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"block_size": 1.5}, TypeError, "`block_size` to be an int, got 1.5"),
+    ({"block_size": True}, TypeError, "`block_size` to be an int, got True"),
+    ({"start": "now"}, TypeError, "`start` to be a number or None, got 'now'"),
+    ({"start": float("nan")}, ValueError, "`start` to be finite, got nan"),
+])
+def test_bad_argument_types(wav_file: Path, kwargs: dict[str, object], error: type[Exception],
+                            match: str) -> None:
+    with pytest.raises(error, match=rf"^AudioFileLoader: expected {re.escape(match)}\.$"):
+        AudioFileLoader(wav_file, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^AudioFileLoader: expected `path` to be a str or path, got int\.$"):
+        AudioFileLoader(3)  # type: ignore[arg-type]

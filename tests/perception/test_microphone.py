@@ -6,6 +6,7 @@ content and timing are checked end to end (no mocked PortAudio).
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -90,3 +91,18 @@ def test_bad_arguments() -> None:
         MicrophoneLoader(sample_rate=0)
     with pytest.raises(ValueError, match="`buffer_seconds` to be a positive"):
         MicrophoneLoader(buffer_seconds=-1.0)
+
+
+@pytest.mark.parametrize(("args", "kwargs", "error", "match"), [
+    ((1.5,), {}, TypeError, "`device` to be a device index (int), a name (str) or None, got 1.5"),
+    ((True,), {}, TypeError, "`device` to be a device index (int), a name (str) or None, got True"),
+    ((), {"sample_rate": 16000.5}, TypeError, "`sample_rate` to be an int, got 16000.5"),
+    ((), {"channels": 1.0}, TypeError, "`channels` to be an int, got 1.0"),
+    ((), {"block_size": 0}, ValueError, "`block_size` to be a positive int, got 0"),
+    ((), {"read_timeout": float("inf")}, ValueError, "`read_timeout` to be finite, got inf"),
+])
+def test_argument_types_are_checked_before_opening(args: tuple[object, ...], kwargs: dict[str, object],
+                                                   error: type[Exception], match: str) -> None:
+    # no audio device needed: the arguments are refused before PortAudio is touched
+    with pytest.raises(error, match=rf"^MicrophoneLoader: expected {re.escape(match)}\.$"):
+        MicrophoneLoader(*args, **kwargs)  # type: ignore[arg-type]

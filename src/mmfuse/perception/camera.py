@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections import deque
@@ -13,7 +14,15 @@ from torch import Tensor
 
 from .._checks import check_positive
 from .._optional import require
-from .sample import DecodeError, Loader, Sample, SourceError, SourceTimeoutError, clock
+from .sample import (
+    DecodeError,
+    Loader,
+    Sample,
+    SourceError,
+    SourceTimeoutError,
+    _check_count,
+    clock,
+)
 
 __all__ = ["CameraLoader"]
 
@@ -117,16 +126,20 @@ class CameraLoader(Loader):
             if not (isinstance(size, (tuple, list)) and len(size) == 2):
                 raise ValueError(f"CameraLoader: expected `size` as (height, width), got {size!r}.")
             for s in size:
-                check_positive(s, owner=self, arg="size")
+                _check_count(s, owner="CameraLoader", arg="size")
         if fps is not None:
             check_positive(fps, owner=self, arg="fps")
-        if not (dtype == torch.uint8 or dtype.is_floating_point):
+        if not isinstance(dtype, torch.dtype) or not (dtype == torch.uint8 or dtype.is_floating_point):
             raise TypeError(f"CameraLoader: expected `dtype` torch.uint8 or a floating dtype, got {dtype}.")
+        for arg, value in (("open_timeout", open_timeout), ("read_timeout", read_timeout),
+                           ("fps", fps), ("reconnect_delay", reconnect_delay)):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"CameraLoader: expected `{arg}` to be finite, got {value!r}.")
         check_positive(open_timeout, owner=self, arg="open_timeout")
         check_positive(read_timeout, owner=self, arg="read_timeout")
-        check_positive(reconnect, owner=self, arg="reconnect", allow_zero=True)
+        _check_count(reconnect, owner="CameraLoader", arg="reconnect", allow_zero=True)
         check_positive(reconnect_delay, owner=self, arg="reconnect_delay", allow_zero=True)
-        check_positive(buffer_size, owner=self, arg="buffer_size")
+        _check_count(buffer_size, owner="CameraLoader", arg="buffer_size")
         self.size = None if size is None else (int(size[0]), int(size[1]))
         self.fps = fps
         self.dtype = dtype
@@ -150,6 +163,11 @@ class CameraLoader(Loader):
                 raise FileNotFoundError(f"CameraLoader: video file not found: {self.source!r}.")
             if os.path.isdir(self.source):
                 raise IsADirectoryError(f"CameraLoader: expected a video file, got a directory: {self.source!r}.")
+            if not os.path.isfile(self.source):  # a FIFO or device would block the checks below
+                raise SourceError(
+                    f"CameraLoader: {self.source!r} is not a regular file (a FIFO, socket or "
+                    f"device); expected a video file."
+                )
             if _looks_like_text(self.source):
                 # FFmpeg would "play" a text file through its tty demuxer
                 raise DecodeError(f"CameraLoader: {self.source!r} is a text file, not a video.")

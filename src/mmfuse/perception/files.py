@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import os
+import stat
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._checks import check_positive
 from .._optional import require
-from .sample import DecodeError, Loader, Sample, clock, wall_time
+from .sample import DecodeError, Loader, Sample, SourceError, _check_count, clock, wall_time
 
 __all__ = ["AudioFileLoader"]
 
@@ -18,8 +19,8 @@ __all__ = ["AudioFileLoader"]
 class AudioFileLoader(Loader):
     """An audio file as (C, N) float32 blocks, or as one (C, S) sample in whole-file mode.
 
-    The file is opened in the constructor (a missing or undecodable file raises at once, naming
-    it) and read in chunks of about 65,536 frames cut into blocks, so memory stays bounded
+    The file is opened in the constructor (a missing or undecodable file, or a path that is not
+    a regular file (a directory, FIFO or device), raises at once, naming it) and read in chunks of about 65,536 frames cut into blocks, so memory stays bounded
     however long the file. Blocks are views into their chunk.
 
     Args:
@@ -47,14 +48,30 @@ class AudioFileLoader(Loader):
         block_size: int | None = None,
         start: float | None = None,
     ) -> None:
-        super().__init__(os.fspath(path))
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"AudioFileLoader: expected `path` to be a str or path, got {type(path).__name__}.")
+        super().__init__(str(os.fspath(path)))
         self._file: Any = None
         if block_size is not None:
-            check_positive(block_size, owner=self, arg="block_size")
+            _check_count(block_size, owner="AudioFileLoader", arg="block_size")
+        if start is not None:
+            if isinstance(start, bool) or not isinstance(start, (int, float)):
+                raise TypeError(f"AudioFileLoader: expected `start` to be a number or None, got {start!r}.")
+            if not math.isfinite(start):
+                raise ValueError(f"AudioFileLoader: expected `start` to be finite, got {start!r}.")
         self.block_size = block_size
         sf = require("soundfile", feature="mmfuse.perception.AudioFileLoader")
-        if not os.path.exists(self.source):
-            raise FileNotFoundError(f"AudioFileLoader: audio file not found: {self.source!r}.")
+        try:
+            mode = os.stat(self.source).st_mode
+        except FileNotFoundError:
+            raise FileNotFoundError(f"AudioFileLoader: audio file not found: {self.source!r}.") from None
+        except OSError as exc:
+            raise SourceError(f"AudioFileLoader: cannot open {self.source!r}: {exc.strerror}.") from None
+        if not stat.S_ISREG(mode):  # a FIFO or device would block or never end; refuse at once
+            raise SourceError(
+                f"AudioFileLoader: {self.source!r} is not a regular file ({_kind(mode)}); "
+                f"expected an audio file."
+            )
         try:
             self._file = sf.SoundFile(self.source, "r")
         except (sf.LibsndfileError, RuntimeError) as exc:
@@ -108,3 +125,12 @@ class AudioFileLoader(Loader):
         f, self._file = self._file, None
         if f is not None:
             f.close()
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"  # pragma: no cover - no other kind on Linux

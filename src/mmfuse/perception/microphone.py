@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._checks import check_positive
+from .._checks import check_choice, check_positive
 from .._optional import require
-from .sample import Loader, Sample, SourceError, SourceTimeoutError, clock
+from .sample import Loader, Sample, SourceError, SourceTimeoutError, _check_count, clock
 
 __all__ = ["MicrophoneLoader"]
 
@@ -62,11 +62,23 @@ class MicrophoneLoader(Loader):
         read_timeout: float = 2.0,
         latency: float | str = "low",
     ) -> None:
+        if device is not None and (isinstance(device, bool) or not isinstance(device, (int, str))):
+            raise TypeError(
+                f"MicrophoneLoader: expected `device` to be a device index (int), a name (str) or "
+                f"None, got {device!r}."
+            )
         super().__init__("default input" if device is None else str(device))
-        for name, value in (("sample_rate", sample_rate), ("channels", channels),
-                            ("block_size", block_size), ("buffer_seconds", buffer_seconds),
-                            ("read_timeout", read_timeout)):
+        for name, count in (("sample_rate", sample_rate), ("channels", channels),
+                            ("block_size", block_size)):
+            _check_count(count, owner="MicrophoneLoader", arg=name)
+        for name, value in (("buffer_seconds", buffer_seconds), ("read_timeout", read_timeout)):
             check_positive(value, owner=self, arg=name)
+            if not math.isfinite(value):
+                raise ValueError(f"MicrophoneLoader: expected `{name}` to be finite, got {value!r}.")
+        if isinstance(latency, str):
+            check_choice(latency, ("low", "high"), owner=self, arg="latency")
+        else:
+            check_positive(latency, owner=self, arg="latency", allow_zero=True)
         self.device = device
         self.sample_rate = int(sample_rate)
         self.channels = int(channels)

@@ -64,6 +64,15 @@ class DecodeError(SourceError, ValueError):
 _L = TypeVar("_L", bound="Loader")
 
 
+def _check_count(value: Any, *, owner: str, arg: str, allow_zero: bool = False) -> None:
+    """A size or count: an int (bool refused, TypeError), positive or non-negative (ValueError)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}: expected `{arg}` to be an int, got {value!r}.")
+    if value < (0 if allow_zero else 1):
+        want = "a non-negative" if allow_zero else "a positive"
+        raise ValueError(f"{owner}: expected `{arg}` to be {want} int, got {value!r}.")
+
+
 class Loader:
     """Base of every loader: an iterator of :class:`Sample` and a context manager.
 
