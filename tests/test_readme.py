@@ -193,9 +193,12 @@ def test_commands_exist_and_take_their_flags(page: str, words: list[str]) -> Non
     if script != "-m":
         assert (ROOT / script).is_file(), f"{page}: {script} does not exist"
     # the command up to its subcommand, then --help
-    head = words[:3] if script == "-m" else words[:2]
-    if script == "-m" and len(words) > 3 and not words[3].startswith("-"):
-        head = words[:4]
+    head = words[:2]
+    if script == "-m":  # the module and its subcommands (``mmfuse bench utd-mhad``)
+        end = 3
+        while end < len(words) and not words[end].startswith("-"):
+            end += 1
+        head = words[:end]
     r = subprocess.run([*head, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     for flag in (w.split("=", 1)[0] for w in words if w.startswith("--")):

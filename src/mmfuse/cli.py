@@ -1,4 +1,4 @@
-"""The ``mmfuse`` command: ``mmfuse info``, ``mmfuse demo``."""
+"""The ``mmfuse`` command: ``mmfuse info``, ``mmfuse demo``, ``mmfuse bench utd-mhad``."""
 
 from __future__ import annotations
 
@@ -46,7 +46,32 @@ def build_parser() -> argparse.ArgumentParser:
         description=demo.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(func=lambda args: demo.run(args, demo_parser))
+    bench = sub.add_parser("bench", help="benchmarks on real data sets")
+    bench_sub = bench.add_subparsers(dest="benchmark", required=True)
+    utd = bench_sub.add_parser(
+        "utd-mhad", help="every fusion level on UTD-MHAD (depth, skeleton, inertial)",
+        description=_utd_description(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    _utd_arguments(utd)
+    utd.set_defaults(func=_bench_utd)
     return parser
+
+
+def _utd_description() -> str:
+    from .bench import utd_mhad
+
+    return utd_mhad.DESCRIPTION or ""
+
+
+def _utd_arguments(parser: argparse.ArgumentParser) -> None:
+    from .bench import utd_mhad
+
+    utd_mhad.add_arguments(parser)
+
+
+def _bench_utd(args: argparse.Namespace) -> int:
+    from .bench import utd_mhad
+
+    return utd_mhad.run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
