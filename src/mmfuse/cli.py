@@ -36,8 +36,15 @@ def _info(_: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmfuse", description="Multimodal fusion and alignment for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"mmfuse {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, devices and installed extras")
     info.set_defaults(func=_info)

@@ -51,6 +51,15 @@ def test_quick_run_through_the_example_writes_results(tmp_path: Path) -> None:
     assert "| model | clean |" in proc.stdout
     # Three training epochs on one subject already learn something from each sensor.
     assert res["accuracy"]["inertial"]["mean"] > 0.1
+    # Runs of other seeds (here: the same run twice) combine into one result.
+    assert main(["bench", "utd-mhad", "--combine", str(tmp_path), str(tmp_path),
+                 "--out", str(tmp_path / "both")]) == 0
+    both = json.loads((tmp_path / "both" / "results.json").read_text())
+    _check_schema(both, [0, 0])
+    for name, a in res["accuracy"].items():
+        assert both["accuracy"][name]["mean"] == pytest.approx(a["mean"])
+        assert both["accuracy"][name]["std"] == 0.0
+    assert sum(map(sum, both["confusion"])) == 2 * sum(map(sum, res["confusion"]))
 
 
 def test_cli_names_a_missing_data_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
