@@ -76,7 +76,8 @@ class _Recordings(NamedTuple):
     indices: Tensor  # (N,) the recording index within its digit and speaker
 
 
-def _read_fsdd(audio_dir: str | os.PathLike[str], clip_samples: int, owner: str) -> _Recordings:
+def _read_fsdd(audio_dir: str | os.PathLike[str], clip_samples: int, owner: str,
+               arg: str = "audio_dir") -> _Recordings:
     """Read every FSDD-named WAV file of ``audio_dir`` (or its ``recordings/``); unreadable files
     are skipped with one warning that counts them."""
     folder = Path(audio_dir)
@@ -84,7 +85,7 @@ def _read_fsdd(audio_dir: str | os.PathLike[str], clip_samples: int, owner: str)
         folder = folder / "recordings"
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"{owner}: expected `audio_dir` to be a folder of FSDD recordings "
+            f"{owner}: expected `{arg}` to be a folder of FSDD recordings "
             f"({{digit}}_{{speaker}}_{{index}}.wav), got {str(audio_dir)!r}, which does not exist."
         )
     matches = sorted(((p, m) for p in folder.iterdir() if (m := _FSDD_NAME.match(p.name))),
@@ -92,7 +93,7 @@ def _read_fsdd(audio_dir: str | os.PathLike[str], clip_samples: int, owner: str)
     if not matches:
         raise FileNotFoundError(
             f"{owner}: expected FSDD recordings named {{digit}}_{{speaker}}_{{index}}.wav in "
-            f"`audio_dir`, got none in {str(folder)!r}."
+            f"`{arg}`, got none in {str(folder)!r}."
         )
     sf = require("soundfile", feature=f"mmfuse.data.{owner}")
     waves, labels, speakers, indices = [], [], [], []
@@ -392,7 +393,7 @@ def load_av_digits(
         synthetic, source = False, f"FSDD recordings in {os.fspath(audio_dir)}"
         waves, labels, speakers, indices = rec
         if test_audio_dir is not None:
-            test_rec = _read_fsdd(test_audio_dir, clip_samples, owner)
+            test_rec = _read_fsdd(test_audio_dir, clip_samples, owner, "test_audio_dir")
             held = set(test_rec.speakers)
             keep = torch.tensor([s not in held for s in speakers], dtype=torch.bool)
             waves = torch.cat([waves[keep], test_rec.waves])

@@ -245,8 +245,7 @@ def _load(args: argparse.Namespace, parser: argparse.ArgumentParser, seed: int,
                 test_speakers=None if fold is None else [fold], validation=args.validation,
                 audio_snr=args.audio_snr, image_noise=args.image_noise or 0.0)
         except FileNotFoundError as exc:
-            test_dir = args.test_audio_dir is not None and str(args.test_audio_dir) in str(exc)
-            if test_dir:
+            if "`test_audio_dir`" in str(exc):
                 _no_recordings(parser, "--test-audio-dir", args.test_audio_dir)
             _no_recordings(parser, "--audio-dir", args.audio_dir)
         except ValueError as exc:  # another sample rate, nothing readable, a digit missing
