@@ -219,6 +219,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             for fold in folds:
                 data = _load(args, parser, seed, fold, warned)
                 runs.append(_train_one(args, data, device, seed, fold, verbose=not runs))
+                if len(seeds) * len(folds) > 1:
+                    where = f", held-out speaker {fold}" if fold is not None else ""
+                    print(f"seed {seed}{where}: {_brief(runs[-1].res)}", flush=True)
         return _report(args, runs, folds, seeds, warned, device, start)
     except ImportError as exc:
         parser.exit(1, f"{parser.prog}: error: {exc}\n")
@@ -315,9 +318,6 @@ def _report(args: argparse.Namespace, runs: list[_Run], folds: list[str | None],
     if len(runs) == 1:
         res, std = first.res, None
     else:  # mean over folds within a seed, then mean and std over seeds
-        for r in runs:
-            where = f", held-out speaker {r.fold}" if r.fold is not None else ""
-            print(f"seed {r.seed}{where}: {_brief(r.res)}")
         per_seed = [mean_results([r.res for r in runs if r.seed == s])[0] for s in seeds]
         res, std = mean_results(per_seed)
         if len(seeds) == 1:
