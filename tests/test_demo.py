@@ -331,3 +331,35 @@ def test_split_speaker_needs_two_speakers(tmp_path: Path,
     empty.mkdir()
     assert _error(capsys, "--audio-dir", str(folder), "--test-audio-dir", str(empty)).startswith(
         f"mmfuse demo: error: --test-audio-dir {empty} holds no FSDD recordings")
+
+
+RESULTS_PAGE = ROOT / "docs" / "results-av-digits.md"
+
+
+def _page_commands() -> list[list[str]]:
+    """The ``mmfuse demo`` commands of the results page's code blocks, as argument lists."""
+    import shlex
+
+    blocks = re.findall(r"```bash\n(.*?)```", RESULTS_PAGE.read_text(), flags=re.S)
+    lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
+    commands = [shlex.split(line) for line in lines if line]
+    for argv in commands:
+        assert argv[:2] == ["mmfuse", "demo"], f"not an mmfuse demo command: {argv}"
+    return [argv[2:] for argv in commands]
+
+
+def test_results_page_commands_run(tmp_path: Path, in_process) -> None:
+    """Every command on docs/results-av-digits.md runs, shortened: --quick, one epoch, one seed,
+    two speakers' recordings in place of FSDD."""
+    commands = _page_commands()
+    assert len(commands) >= 3
+    folder = _recordings(tmp_path / "rec", ("george", "jackson"), range(11))
+    for k, argv in enumerate(commands):
+        argv = list(argv)
+        argv[argv.index("--audio-dir") + 1] = str(folder)
+        if "--seeds" in argv:
+            argv[argv.index("--seeds") + 1] = "1"
+        if "--out" in argv:
+            del argv[argv.index("--out"): argv.index("--out") + 2]
+        out, _, res = in_process(tmp_path / f"o{k}", *argv)
+        assert res["accuracy"]["feature level"]["both"] is not None, out
