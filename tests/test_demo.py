@@ -348,15 +348,19 @@ def _page_commands() -> list[list[str]]:
     return [argv[2:] for argv in commands]
 
 
+@pytest.mark.slow
 def test_results_page_commands_run(tmp_path: Path, in_process) -> None:
     """Every command on docs/results-av-digits.md runs, shortened: --quick, one epoch, one seed,
     two speakers' recordings in place of FSDD."""
     commands = _page_commands()
     assert len(commands) >= 3
     folder = _recordings(tmp_path / "rec", ("george", "jackson"), range(11))
+    held_out = _recordings(tmp_path / "held-out", ("theo",), range(2))
     for k, argv in enumerate(commands):
         argv = list(argv)
         argv[argv.index("--audio-dir") + 1] = str(folder)
+        if "--test-audio-dir" in argv:
+            argv[argv.index("--test-audio-dir") + 1] = str(held_out)
         if "--seeds" in argv:
             argv[argv.index("--seeds") + 1] = "1"
         if "--out" in argv:
