@@ -9,7 +9,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from .model import HOP, ROWS, build_model, standardise, timelines
 from .report import format_table, mean_results, plot, speaker_table, write_results
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.exit(1, f"{parser.prog}: error: {exc}\n")
 
 
-def _no_recordings(parser: argparse.ArgumentParser, flag: str, folder: Path | None) -> None:
+def _no_recordings(parser: argparse.ArgumentParser, flag: str, folder: Path | None) -> NoReturn:
     parser.error(f"{flag} {folder} holds no FSDD recordings "
                  f"({{digit}}_{{speaker}}_{{index}}.wav), nor does its recordings/ folder")
 
