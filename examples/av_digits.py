@@ -10,6 +10,9 @@ time, trained with and without ``ModalityDropout``.
     python examples/av_digits.py                 # full run (a few minutes on 2 CPU cores)
     python examples/av_digits.py --quick         # < 1 minute: less data, fewer epochs
     python examples/av_digits.py --fusions concat,decision-weighted
+    python examples/av_digits.py --split speaker              # leave-one-speaker-out
+    python examples/av_digits.py --test-audio-dir DIR         # test on unheard speakers
+    python examples/av_digits.py --degraded                   # noisy audio and images
 
 Fusion modules are found by name in ``mmfuse.fusion``; those not in this installation are
 skipped, so the script runs with whichever are present. Add one to ``FUSIONS`` to compare it.
@@ -29,7 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import mmfuse.fusion
-from mmfuse.data import AVSplit, load_av_digits
+from mmfuse.data import AVDigits, AVSplit, fsdd_speakers, load_av_digits
+from mmfuse.demo.cli import DEGRADED
 from mmfuse.encoders import AudioEncoder, ImageEncoder
 
 NAMES = ("image", "audio")
@@ -159,54 +163,29 @@ def accuracy(model: Model, data: AVSplit, absent: str | None, device: torch.devi
     return correct / len(data.labels)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--audio-dir", type=Path, default=None,
-                        help=f"FSDD recordings (default {DEFAULT_AUDIO_DIR} if it exists, "
-                             "else synthetic audio)")
-    parser.add_argument("--synthetic", action="store_true", help="use the synthetic audio")
-    parser.add_argument("--quick", action="store_true", help="small run, under a minute")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dropout", type=float, default=0.5,
-                        help="ModalityDropout probability for the '+ dropout' rows")
-    parser.add_argument("--fusions", default=None,
-                        help="comma-separated subset of: " + ", ".join([*FUSIONS, *DECISIONS]))
-    parser.add_argument("--test-pairings", type=int, default=None,
-                        help="test images paired with each test clip (default 5; 1 with --quick)")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
+Row = tuple[str, float, float | None, float | None]  # label, both, audio absent, image absent
 
-    audio_dir = args.audio_dir
-    if args.synthetic:
-        audio_dir = None
-    elif audio_dir is None and DEFAULT_AUDIO_DIR.is_dir():
-        audio_dir = DEFAULT_AUDIO_DIR
-    elif audio_dir is not None and not audio_dir.is_dir():
-        parser.error(f"--audio-dir {audio_dir} is not a folder (FSDD recordings expected)")
-    names = [*FUSIONS, *DECISIONS] if args.fusions is None else args.fusions.split(",")
-    unknown = [n for n in names if n not in FUSIONS and n not in DECISIONS]
-    if unknown:
-        parser.error(f"unknown fusion {unknown}; choose from {[*FUSIONS, *DECISIONS]}")
-    if args.quick and args.fusions is None:
-        names = ["concat", "decision-weighted"]
-    epochs = args.epochs or (8 if args.quick else 15)
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
 
-    pairings = args.test_pairings or (1 if args.quick else 5)
-    start = time.perf_counter()
-    data = load_av_digits(audio_dir, seed=args.seed, limit_per_class=60 if args.quick else None,
-                          test_pairings=pairings)
+def run_fold(data: AVDigits, names: list[str], args: argparse.Namespace, epochs: int,
+             pairings: int, device: torch.device, start: float
+             ) -> list[Row]:
+    """Train and test every model on one split; rows of (label, both, audio absent, image absent)."""
     n_mels = data.train.audio.shape[1]
+    speakers = ""
+    if data.test_speakers and (args.split == "speaker" or args.test_audio_dir is not None):
+        speakers = (f"; train speakers {', '.join(data.train_speakers)}, test speakers "
+                    f"{', '.join(data.test_speakers)}")
+    degraded = ""
+    if args.audio_snr is not None or args.image_noise:
+        degraded = f"; degraded: audio at {args.audio_snr} dB SNR, image noise {args.image_noise}"
     print(f"audio: {data.source}{' (SYNTHETIC: not speech)' if data.synthetic else ''}; "
           f"train {len(data.train.labels)} pairs, test {len(data.test.labels)} pairs "
-          f"({pairings} images per test clip); "
+          f"({pairings} images per test clip){speakers}{degraded}; "
           f"{epochs} epochs; ModalityDropout "
           f"{'from mmfuse.fusion' if hasattr(mmfuse.fusion, 'ModalityDropout') else 'local fallback'}"
-          f" p={args.dropout}")
+          f" p={args.dropout}", flush=True)
 
-    rows: list[tuple[str, float, float | None, float | None]] = []
+    rows: list[Row] = []
     for name in ["image", "audio", *names]:
         for dropout in ([0.0] if name in ("image", "audio") else [0.0, args.dropout]):
             torch.manual_seed(args.seed)
@@ -224,6 +203,110 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((label, both, accuracy(model, data.test, "audio", device),
                              accuracy(model, data.test, "image", device)))
             print(f"  {label}: {both:.3f}  ({time.perf_counter() - start:.0f} s)", flush=True)
+    return rows
+
+
+def mean_rows(per_fold: list[list[Row]]) -> list[Row]:
+    """Each row's accuracies averaged over folds (the same models in the same order)."""
+    def mean(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return sum(present) / len(present) if present else None
+
+    out: list[Row] = []
+    for k, (label, *_) in enumerate(per_fold[0]):
+        both = sum(f[k][1] for f in per_fold) / len(per_fold)
+        out.append((label, both, mean([f[k][2] for f in per_fold]),
+                    mean([f[k][3] for f in per_fold])))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--audio-dir", type=Path, default=None,
+                        help=f"FSDD recordings (default {DEFAULT_AUDIO_DIR} if it exists, "
+                             "else synthetic audio)")
+    parser.add_argument("--synthetic", action="store_true", help="use the synthetic audio")
+    parser.add_argument("--quick", action="store_true", help="small run, under a minute")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dropout", type=float, default=0.5,
+                        help="ModalityDropout probability for the '+ dropout' rows")
+    parser.add_argument("--fusions", default=None,
+                        help="comma-separated subset of: " + ", ".join([*FUSIONS, *DECISIONS]))
+    parser.add_argument("--test-pairings", type=int, default=None,
+                        help="test images paired with each test clip (default 5; 1 with --quick)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--test-audio-dir", type=Path, default=None,
+                        help="FSDD recordings that are all test data; training uses the "
+                             "--audio-dir speakers not among them")
+    parser.add_argument("--split", choices=("fsdd", "speaker"), default="fsdd",
+                        help="fsdd: FSDD's split (recordings 0-4 test); speaker: "
+                             "leave-one-speaker-out, the table per speaker and the mean")
+    parser.add_argument("--audio-snr", type=float, default=None, metavar="DB",
+                        help="mix white noise into the audio at this SNR in dB")
+    parser.add_argument("--image-noise", type=float, default=0.0, metavar="S",
+                        help="Gaussian pixel noise of standard deviation S (pixels in [0, 1])")
+    parser.add_argument("--degraded", action="store_true",
+                        help=f"--audio-snr {DEGRADED.audio_snr:g} --image-noise "
+                             f"{DEGRADED.image_noise:g} (the demo's degraded setting)")
+    args = parser.parse_args(argv)
+
+    audio_dir = args.audio_dir
+    if args.synthetic:
+        audio_dir = None
+    elif audio_dir is None and DEFAULT_AUDIO_DIR.is_dir():
+        audio_dir = DEFAULT_AUDIO_DIR
+    elif audio_dir is not None and not audio_dir.is_dir():
+        parser.error(f"--audio-dir {audio_dir} is not a folder (FSDD recordings expected)")
+    if args.test_audio_dir is not None and not args.test_audio_dir.is_dir():
+        parser.error(f"--test-audio-dir {args.test_audio_dir} is not a folder (FSDD recordings "
+                     f"expected)")
+    if audio_dir is None and (args.test_audio_dir is not None or args.split == "speaker"):
+        parser.error("--test-audio-dir and --split speaker need FSDD recordings (--audio-dir)")
+    if args.test_audio_dir is not None and args.split == "speaker":
+        parser.error("--test-audio-dir and --split speaker are two different test sets; give one")
+    if args.degraded:
+        args.audio_snr = DEGRADED.audio_snr if args.audio_snr is None else args.audio_snr
+        args.image_noise = args.image_noise or DEGRADED.image_noise
+    if args.image_noise < 0:
+        parser.error(f"--image-noise: expected a number >= 0, got {args.image_noise}")
+    names = [*FUSIONS, *DECISIONS] if args.fusions is None else args.fusions.split(",")
+    unknown = [n for n in names if n not in FUSIONS and n not in DECISIONS]
+    if unknown:
+        parser.error(f"unknown fusion {unknown}; choose from {[*FUSIONS, *DECISIONS]}")
+    if args.quick and args.fusions is None:
+        names = ["concat", "decision-weighted"]
+    epochs = args.epochs or (8 if args.quick else 15)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+
+    pairings = args.test_pairings or (1 if args.quick else 5)
+    start = time.perf_counter()
+    folds: list[str | None] = [None]
+    if args.split == "speaker":
+        folds = list(fsdd_speakers(audio_dir))  # type: ignore[arg-type]
+        if len(folds) < 2:
+            parser.error(f"--split speaker needs at least 2 speakers in {audio_dir}, got {folds}")
+    per_fold: list[list[Row]] = []
+    for fold in folds:
+        try:
+            data = load_av_digits(audio_dir, seed=args.seed,
+                                  limit_per_class=60 if args.quick else None,
+                                  test_pairings=pairings, test_audio_dir=args.test_audio_dir,
+                                  test_speakers=None if fold is None else [fold],
+                                  audio_snr=args.audio_snr, image_noise=args.image_noise)
+        except (FileNotFoundError, ValueError) as exc:
+            parser.error(str(exc))
+        per_fold.append(run_fold(data, names, args, epochs, pairings, device, start))
+    rows = mean_rows(per_fold)  # one fold: its own table
+    if len(folds) > 1:
+        print("\ntest accuracy (%) per held-out speaker, both modalities:")
+        print("| model | " + " | ".join(str(f) for f in folds) + " | mean |")
+        print("| --- |" + " ---: |" * (len(folds) + 1))
+        for k, (label, both, _, _) in enumerate(rows):
+            cells = [f"{100 * fold_rows[k][1]:.1f}" for fold_rows in per_fold]
+            print(f"| {label} | {' | '.join(cells)} | {100 * both:.1f} |")
+        print(f"\nmean of {len(folds)} held-out speakers:")
 
     def pct(v: float | None) -> str:
         return "" if v is None else f"{100 * v:.1f}"

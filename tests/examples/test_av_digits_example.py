@@ -69,3 +69,63 @@ def test_registry_builds_what_this_installation_has() -> None:
     for name in example.DECISIONS:
         log_p, logits = example.build(name, 32)(batch, {"image": torch.tensor([False] * 3)})
         assert log_p.shape == (3, 10) and set(logits) == {"image", "audio"}
+
+
+def _recordings(folder: Path, speakers: tuple[str, ...], indices: range) -> Path:
+    """FSDD-named recordings: symlinks to the real ones where they are on disk, else synthetic
+    8 kHz WAV files."""
+    fsdd = Path(os.environ.get("MMFUSE_FSDD", ROOT.parent / "shared" / "data" / "fsdd"))
+    folder.mkdir(parents=True)
+    names = [f"{d}_{s}_{i}.wav" for d in range(10) for s in speakers for i in indices]
+    if (fsdd / "recordings").is_dir():
+        for name in names:
+            (folder / name).symlink_to(fsdd / "recordings" / name)
+        return folder
+    import soundfile as sf
+
+    from mmfuse.data import synthesize_spoken_digits
+
+    waves, _ = synthesize_spoken_digits(len(speakers) * len(indices), clip_samples=4000, seed=5)
+    for wave, name in zip(waves, names):
+        sf.write(str(folder / name), wave.numpy(), 8000, subtype="PCM_16")
+    return folder
+
+
+def _speakers(out: str) -> list[tuple[str, str]]:
+    """(train speakers, test speakers) of each split the example printed."""
+    return re.findall(r"train speakers ([\w, ]+), test speakers ([\w, ]+);", out)
+
+
+def test_test_audio_dir_and_degraded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    example = _example_module()
+    train_dir = _recordings(tmp_path / "train", ("george", "theo"), range(3))
+    test_dir = _recordings(tmp_path / "test", ("theo",), range(3, 5))
+    assert example.main(["--audio-dir", str(train_dir), "--test-audio-dir", str(test_dir),
+                         "--fusions", "concat", "--epochs", "1", "--quick",
+                         "--degraded"]) == 0
+    out = capsys.readouterr().out
+    assert _speakers(out) == [("george", "theo")]
+    assert "train 30 pairs, test 20 pairs" in out  # theo's 30 training-folder clips unused
+    snr, noise = example.DEGRADED
+    assert f"degraded: audio at {snr} dB SNR, image noise {noise}" in out
+    rows = dict(re.findall(r"^\| (.+?) \| ([\d.]+) \|", out, flags=re.M))
+    assert {"image only", "audio only", "concat", "concat + ModalityDropout"} <= set(rows)
+
+
+def test_split_speaker(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    example = _example_module()
+    folder = _recordings(tmp_path / "rec", ("george", "jackson"), range(2))
+    assert example.main(["--audio-dir", str(folder), "--split", "speaker", "--fusions",
+                         "decision-weighted", "--epochs", "1", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert _speakers(out) == [("jackson", "george"), ("george", "jackson")]
+    per_speaker = re.findall(r"^\| (image only) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$",
+                             out, flags=re.M)
+    assert len(per_speaker) == 1, out  # the per-speaker table: george, jackson, mean
+    _, george, jackson, mean = per_speaker[0]
+    assert float(mean) == pytest.approx((float(george) + float(jackson)) / 2, abs=0.06)
+    assert "mean of 2 held-out speakers:" in out
+    with pytest.raises(SystemExit) as exc:
+        example.main(["--audio-dir", str(folder), "--test-audio-dir", str(folder),
+                      "--split", "speaker"])
+    assert exc.value.code == 2 and "two different test sets" in capsys.readouterr().err

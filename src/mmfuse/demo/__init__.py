@@ -21,6 +21,13 @@ retrieval scores, and writes ``demo.png`` and ``results.json`` to ``--out``.
     mmfuse demo                                  # synthetic audio, about 30 s on one core
     mmfuse demo --audio-dir path/to/fsdd         # the real recordings (folder or its parent)
     mmfuse demo --quick --seed 1 --out /tmp/d    # a small run, seconds
+    mmfuse demo --audio-dir fsdd --split speaker # leave-one-speaker-out: unheard speakers
+    mmfuse demo --audio-dir fsdd --test-audio-dir other-speakers   # test on these only
+    mmfuse demo --audio-dir fsdd --degraded --seeds 3   # noisy audio and images, 3 seeds
+
+``--degraded`` (or ``--audio-snr DB`` and ``--image-noise S``) corrupts both modalities so that
+neither alone is near 100 % and fusion has room to help; ``--seeds N`` repeats the run and
+reports the mean and standard deviation.
 
 The parts: :mod:`~mmfuse.demo.cli` (flags, their checks, the run), :mod:`~mmfuse.demo.model`,
 :mod:`~mmfuse.demo.train` (training and evaluation) and :mod:`~mmfuse.demo.report` (table,

@@ -7,20 +7,59 @@ from __future__ import annotations
 
 import itertools
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
 from .model import ROWS
 
-__all__ = ["format_table", "plot", "write_results"]
+__all__ = ["format_table", "mean_results", "plot", "speaker_table", "write_results"]
+
+_AVERAGED = ("accuracy", "retrieval", "attention_per_class", "decision_weights")
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
+def _pct(v: float | None, sd: float | None = None) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v:.1f}" if sd is None else f"{100 * v:.1f} ± {100 * sd:.1f}"
 
 
-def format_table(res: dict[str, Any]) -> list[str]:
-    """The markdown table of test accuracies and retrieval scores, line by line.
+def _num(v: float, sd: float | None = None) -> str:
+    return f"{v:.3f}" if sd is None else f"{v:.3f} ± {sd:.3f}"
+
+
+def _zip_trees(trees: list[Any], stat: Any) -> Any:
+    """Apply ``stat`` leaf-wise over trees of equal structure (dicts of numbers or None)."""
+    if isinstance(trees[0], dict):
+        return {k: _zip_trees([t[k] for t in trees], stat) for k in trees[0]}
+    if trees[0] is None:
+        return None
+    return stat([float(t) for t in trees])
+
+
+def mean_results(results: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The leaf-wise mean and sample standard deviation (0 for one run) of several runs'
+    :func:`~mmfuse.demo.train.evaluate` results: accuracies, retrieval, attention per class
+    and decision weights.
+
+    Example:
+        >>> runs = [{"accuracy": {"image only": {"both": a, "audio absent": None}}} for a in (.5, .75)]
+        >>> mean, std = mean_results(runs)
+        >>> mean["accuracy"]["image only"], round(std["accuracy"]["image only"]["both"], 4)
+        ({'both': 0.625, 'audio absent': None}, 0.1768)
+    """
+    def sd(xs: list[float]) -> float:
+        return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+    keys = [k for k in _AVERAGED if k in results[0]]
+    mean = {k: _zip_trees([r[k] for r in results], statistics.fmean) for k in keys}
+    std = {k: _zip_trees([r[k] for r in results], sd) for k in keys}
+    return mean, std
+
+
+def format_table(res: dict[str, Any], std: dict[str, Any] | None = None) -> list[str]:
+    """The markdown table of test accuracies and retrieval scores, line by line; with ``std``
+    (as :func:`mean_results` returns), every cell reads ``mean ± std``.
 
     Example:
         >>> acc = {"both": 0.97, "audio absent": None, "image absent": None}
@@ -35,12 +74,35 @@ def format_table(res: dict[str, Any]) -> list[str]:
              "| --- | ---: | ---: | ---: |"]
     for row, what in ROWS:
         a = res["accuracy"][row]
-        lines.append(f"| {row} ({what}) | {_pct(a['both'])} | {_pct(a['audio absent'])} | "
-                     f"{_pct(a['image absent'])} |")
+        d = std["accuracy"][row] if std else {}
+        cells = [_pct(a[c], d.get(c)) for c in ("both", "audio absent", "image absent")]
+        lines.append(f"| {row} ({what}) | {' | '.join(cells)} |")
     lines += ["", "| cross-modal retrieval (same digit = hit) | R@1 | R@5 | mAP |",
               "| --- | ---: | ---: | ---: |"]
     for name, r in res["retrieval"].items():
-        lines.append(f"| {name} | {r['R@1']:.3f} | {r['R@5']:.3f} | {r['mAP']:.3f} |")
+        d = std["retrieval"][name] if std else {}
+        cells = [_num(r[k], d.get(k)) for k in ("R@1", "R@5", "mAP")]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return lines
+
+
+def speaker_table(per_speaker: dict[str, dict[str, Any]]) -> list[str]:
+    """Test accuracy (%) with both modalities, one row per held-out speaker, then their mean.
+
+    Example:
+        >>> res = {"accuracy": {row: {"both": 0.5} for row, _ in ROWS}}
+        >>> print("\\n".join(speaker_table({"theo": res})[1:]))
+        | --- | ---: | ---: | ---: | ---: | ---: |
+        | theo | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 |
+        | mean | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 |
+    """
+    rows = [row for row, _ in ROWS]
+    lines = [f"| held-out speaker | {' | '.join(rows)} |",
+             "| --- |" + " ---: |" * len(rows)]
+    for name, res in [*per_speaker.items(),
+                      ("mean", mean_results(list(per_speaker.values()))[0])]:
+        lines.append(f"| {name} | "
+                     + " | ".join(_pct(res["accuracy"][row]["both"]) for row in rows) + " |")
     return lines
 
 

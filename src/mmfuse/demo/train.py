@@ -24,8 +24,10 @@ DROP_P = 0.3  # ModalityDropout probability while training the fusions
 
 
 def fit(model: nn.ModuleDict, data: AVSplit, times: tuple[Tensor, Tensor], *, epochs: int,
-        batch_size: int, seed: int, device: torch.device, progress: bool) -> list[float]:
-    """Train ``model`` on ``data``; return the mean training loss of each epoch."""
+        batch_size: int, seed: int, device: torch.device, progress: bool,
+        drop_p: float = DROP_P) -> list[float]:
+    """Train ``model`` on ``data``; return the mean training loss of each epoch. The fusions
+    see each modality dropped with probability ``drop_p`` (at least one kept per sample)."""
     import torch
     import torch.nn.functional as F
 
@@ -34,7 +36,7 @@ def fit(model: nn.ModuleDict, data: AVSplit, times: tuple[Tensor, Tensor], *, ep
 
     tqdm = require("tqdm", feature="mmfuse demo").tqdm
     order_gen = torch.Generator().manual_seed(seed)
-    drop = ModalityDropout(DROP_P, generator=torch.Generator(device=device).manual_seed(seed))
+    drop = ModalityDropout(drop_p, generator=torch.Generator(device=device).manual_seed(seed))
     n = len(data.labels)
     steps_per_epoch = (n + batch_size - 1) // batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
