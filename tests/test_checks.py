@@ -183,9 +183,9 @@ def test_check_heads() -> None:
         check_heads(8, 3, owner="F")
     with pytest.raises(ValueError, match=r"^F: expected `num_heads` to divide out_dim=6, got 4\.$"):
         check_heads(6, 4, owner="F", arg="out_dim")
-    with pytest.raises(ValueError, match=r"^F: expected `out_dim` to be a positive number, got 0"):
+    with pytest.raises(ValueError, match=r"^F: expected `out_dim` to be a positive int, got 0"):
         check_heads(0, 4, owner="F", arg="out_dim")
-    with pytest.raises(ValueError, match=r"^F: expected `num_heads` to be a positive number, got 0"):
+    with pytest.raises(ValueError, match=r"^F: expected `num_heads` to be a positive int, got 0"):
         check_heads(8, 0, owner="F")
 
 

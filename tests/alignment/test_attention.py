@@ -306,7 +306,7 @@ def test_config_errors_fail_in_init():
         SpatioTemporalAttention(8, 2, pos_encoding="rope")
     with pytest.raises(ValueError, match=r"expected `dropout` in \[0, 1\), got 1.5"):
         SpatioTemporalAttention(8, 2, dropout=1.5)
-    with pytest.raises(ValueError, match=r"expected `video_dim` to be a positive number"):
+    with pytest.raises(ValueError, match=r"expected `video_dim` to be a positive int"):
         SpatioTemporalAttention(8, 2, video_dim=0)
 
 

@@ -47,7 +47,7 @@ def test_shape_dtype_and_device_errors() -> None:
 def test_sinusoidal_encoding_3d_checks_dim_and_dtype() -> None:
     from mmfuse.functional import sinusoidal_encoding_3d
 
-    with pytest.raises(ValueError, match=r"^sinusoidal_encoding_3d: expected `dim` to be a positive number, got 0\.$"):
+    with pytest.raises(ValueError, match=r"^sinusoidal_encoding_3d: expected `dim` to be a positive int, got 0\.$"):
         sinusoidal_encoding_3d(2, 3, 4, 0)
     with pytest.raises(TypeError, match=r"^sinusoidal_encoding_3d: expected a floating `dtype`, got torch\.int64\.$"):
         sinusoidal_encoding_3d(2, 3, 4, 12, dtype=torch.long)

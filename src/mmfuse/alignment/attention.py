@@ -12,9 +12,9 @@ from .._checks import (
     check_choice,
     check_heads,
     check_mask,
-    check_positive,
     check_probability,
     check_same_device,
+    check_size,
     check_tensor,
     format_shape,
     owner_name,
@@ -130,7 +130,7 @@ class _PositionalEncoding3d(nn.Module):
         super().__init__()
         check_choice(kind, ("learned", "sinusoidal"), owner="SpatioTemporalAttention", arg="kind")
         for n in max_grid:
-            check_positive(n, owner="SpatioTemporalAttention", arg="max_grid")
+            check_size(n, owner="SpatioTemporalAttention", arg="max_grid")
         self.kind, self.dim, self.max_grid = kind, dim, tuple(int(n) for n in max_grid)
         self.tables = nn.ParameterList()
         if kind == "learned":
@@ -185,7 +185,7 @@ class _VideoTextAttention(nn.Module):
         super().__init__()
         check_heads(dim, num_heads, owner=self)
         if video_dim is not None:
-            check_positive(video_dim, owner=self, arg="video_dim")
+            check_size(video_dim, owner=self, arg="video_dim")
         check_probability(dropout, owner=self, arg="dropout")
         if pos_encoding is not None:
             check_choice(pos_encoding, ("learned", "sinusoidal"), owner=self, arg="pos_encoding")

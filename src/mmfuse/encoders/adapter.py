@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_positive, format_shape
+from .._checks import check_choice, check_size, format_shape
 from ..errors import ShapeError
 
 __all__ = ["BackboneAdapter"]
@@ -68,9 +68,9 @@ class BackboneAdapter(nn.Module):
                 f"BackboneAdapter: expected `backbone` to be an nn.Module, got "
                 f"{type(backbone).__name__}."
             )
-        check_positive(feature_dim, owner=self, arg="feature_dim")
+        check_size(feature_dim, owner=self, arg="feature_dim")
         if out_dim is not None:
-            check_positive(out_dim, owner=self, arg="out_dim")
+            check_size(out_dim, owner=self, arg="out_dim")
         check_choice(pool, ("none", "mean", "first"), owner=self, arg="pool")
         self.backbone = backbone.to(**{k: v for k, v in dd.items() if v is not None})
         self.feature_dim = int(feature_dim)

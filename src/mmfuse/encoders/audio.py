@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive, check_tensor
+from .._checks import check_positive, check_size, check_tensor
 from ..errors import ShapeError
 from ..functional.audio import log_mel_spectrogram, mel_filterbank
 from ._layers import ConvBlock
@@ -66,11 +66,12 @@ class AudioEncoder(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        for arg, v in (("out_dim", out_dim), ("sample_rate", sample_rate), ("n_mels", n_mels),
-                       ("n_fft", n_fft), ("width", width), ("depth", depth)):
-            check_positive(v, owner=self, arg=arg)
+        check_positive(sample_rate, owner=self, arg="sample_rate")
+        for arg, v in (("out_dim", out_dim), ("n_mels", n_mels), ("n_fft", n_fft),
+                       ("width", width), ("depth", depth)):
+            check_size(v, owner=self, arg=arg)
         if hop_length is not None:
-            check_positive(hop_length, owner=self, arg="hop_length")
+            check_size(hop_length, owner=self, arg="hop_length")
         self.out_dim, self.sample_rate, self.n_mels, self.n_fft = out_dim, sample_rate, n_mels, n_fft
         self.hop_length = hop_length or n_fft // 4
         self.width, self.depth, self.normalize = width, depth, normalize

@@ -17,9 +17,9 @@ from torch import Tensor
 
 from .._checks import (
     check_mask,
-    check_positive,
     check_probability,
     check_same_device,
+    check_size,
     check_tensor,
 )
 
@@ -235,7 +235,7 @@ def sinusoidal_encoding_3d(
         - output: (t, h, w, dim)
     """
     owner = "sinusoidal_encoding_3d"
-    check_positive(dim, owner=owner, arg="dim")
+    check_size(dim, owner=owner, arg="dim")
     if not dtype.is_floating_point:
         raise TypeError(f"{owner}: expected a floating `dtype`, got {dtype}.")
     dev = torch.device("cpu") if device is None else device

@@ -8,7 +8,7 @@ import einops
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_positive, check_same_device, check_tensor
+from .._checks import check_choice, check_same_device, check_size, check_tensor
 from ..errors import ShapeError
 from ..functional.data_level import (
     ALIGN_MODES,
@@ -90,8 +90,8 @@ class DataLevelFusion(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        check_positive(channels, owner=self, arg="channels")
-        check_positive(freq_bins, owner=self, arg="freq_bins")
+        check_size(channels, owner=self, arg="channels")
+        check_size(freq_bins, owner=self, arg="freq_bins")
         check_choice(align, ALIGN_MODES, owner=self, arg="align")
         check_choice(audio, _AUDIO_MODES, owner=self, arg="audio")
         if audio == "project":
@@ -99,7 +99,7 @@ class DataLevelFusion(nn.Module):
                 raise ValueError(
                     "DataLevelFusion: expected `audio_channels` (k) with audio='project', got None."
                 )
-            check_positive(audio_channels, owner=self, arg="audio_channels")
+            check_size(audio_channels, owner=self, arg="audio_channels")
         elif audio_channels is not None:
             raise ValueError(
                 f"DataLevelFusion: expected `audio_channels` only with audio='project', got "

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..._checks import check_positive, check_tensor
+from ..._checks import check_size, check_tensor
 from ...functional import gaussian_kl, reparameterize
 
 __all__ = ["AugmentedCondition", "ConditioningAugmentation"]
@@ -63,8 +63,8 @@ class ConditioningAugmentation(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        check_positive(in_dim, owner=self, arg="in_dim")
-        check_positive(out_dim, owner=self, arg="out_dim")
+        check_size(in_dim, owner=self, arg="in_dim")
+        check_size(out_dim, owner=self, arg="out_dim")
         self.in_dim, self.out_dim = int(in_dim), int(out_dim)
         self.proj = nn.Linear(in_dim, 2 * out_dim, **dd)
         self.reset_parameters()

@@ -13,6 +13,7 @@ from ..._checks import (
     check_features,
     check_positive,
     check_presence,
+    check_size,
     check_tensor,
     owner_name,
 )
@@ -73,11 +74,11 @@ class ConditionEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        check_positive(out_dim, owner=self, arg="out_dim")
+        check_size(out_dim, owner=self, arg="out_dim")
         for arg, value in (("num_classes", num_classes), ("style_dim", style_dim),
                            ("hidden_dim", hidden_dim)):
             if value is not None:
-                check_positive(value, owner=self, arg=arg)
+                check_size(value, owner=self, arg=arg)
         check_positive(cond_dropout, owner=self, arg="cond_dropout", allow_zero=True)
         if cond_dropout >= 1:
             raise ValueError(

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..._checks import check_choice, check_positive, check_tensor
+from ..._checks import check_choice, check_positive, check_size, check_tensor
 from ...functional import gaussian_kl, reparameterize
 from ._common import check_loss_batch, check_target, draw_normal
 from ._common import target_shape as _target_shape
@@ -107,9 +107,9 @@ class CVAEHead(nn.Module):
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
         self.target_shape = shape = _target_shape(target_shape, owner=self)
-        check_positive(cond_dim, owner=self, arg="cond_dim")
-        check_positive(latent_dim, owner=self, arg="latent_dim")
-        check_positive(hidden_dim, owner=self, arg="hidden_dim")
+        check_size(cond_dim, owner=self, arg="cond_dim")
+        check_size(latent_dim, owner=self, arg="latent_dim")
+        check_size(hidden_dim, owner=self, arg="hidden_dim")
         check_positive(obs_sigma, owner=self, arg="obs_sigma")
         check_choice(prior, PRIORS, owner=self, arg="prior")
         if decoder is not None and not isinstance(decoder, nn.Module):

@@ -13,6 +13,7 @@ from ..._checks import (
     check_choice,
     check_positive,
     check_same_device,
+    check_size,
     check_tensor,
     owner_name,
 )
@@ -117,11 +118,11 @@ class DiffusionHead(nn.Module):
         self.target_shape = shape = _target_shape(target_shape, owner=self)
         for arg, value in (("cond_dim", cond_dim), ("hidden_dim", hidden_dim),
                            ("num_blocks", num_blocks), ("num_steps", num_steps)):
-            check_positive(value, owner=self, arg=arg)
+            check_size(value, owner=self, arg=arg)
         check_choice(schedule, SCHEDULES, owner=self, arg="schedule")
         check_choice(prediction, PREDICTIONS, owner=self, arg="prediction")
         check_choice(backbone, BACKBONES, owner=self, arg="backbone")
-        check_positive(unet_channels, owner=self, arg="unet_channels")
+        check_size(unet_channels, owner=self, arg="unet_channels")
         if backbone == "unet":
             if len(shape) == 1:
                 raise ValueError(
@@ -131,7 +132,7 @@ class DiffusionHead(nn.Module):
             spatial = shape[1:] if len(shape) == 3 else shape[:1]
             if levels is None:
                 levels = default_levels(spatial)
-            check_positive(levels, owner=self, arg="levels", allow_zero=True)
+            check_size(levels, owner=self, arg="levels", allow_zero=True)
             if any(s % 2**levels for s in spatial):
                 raise ValueError(
                     f"{owner_name(self)}: expected spatial sizes {spatial} of `target_shape` "
@@ -242,9 +243,9 @@ class DiffusionHead(nn.Module):
         """The descending steps a sampler visits: ``steps`` evenly spaced values from T - 1 to 0
         (all T by default)."""
         n = self.num_steps if steps is None else steps
-        check_positive(n, owner=self, arg="steps")
         if not isinstance(n, int):
             raise ValueError(f"{owner_name(self)}: expected `steps` to be an int or None, got {n!r}.")
+        check_size(n, owner=self, arg="steps")
         if n > self.num_steps:
             raise ValueError(
                 f"{owner_name(self)}: expected `steps` <= num_steps={self.num_steps}, got {n}."
