@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from .._checks import (
     check_choice,
     check_heads,
+    check_inputs,
     check_mask,
     check_probability,
     check_same_device,
@@ -79,6 +80,12 @@ def _check_video_text(
                                           Dv=video_dim)
     lead = "B " if batched else ""
     batch = {"B": sizes["B"]} if batched else {}
+    if not batched and isinstance(text, Tensor) and text.dim() == 3:  # the video lost its batch
+        raise ShapeError(
+            f"{owner_name(owner)}: expected `video` of shape (B, T, H, W, Dv) with Dv={video_dim} "
+            f"like the batched `text` of shape {format_shape(text.shape)}, "
+            f"got {format_shape(video.shape)}."
+        )
     check_tensor(text, lead + "L D", owner=owner, arg="text", **cast(Any, batch), D=dim)
     check_same_device({"video": video, "text": text}, owner=owner)
     t, h, w = sizes["T"], sizes["H"], sizes["W"]
@@ -90,6 +97,8 @@ def _check_video_text(
                **batch, T=t, H=h, W=w)
     check_mask(text_mask, owner=owner, arg="text_mask", layout=lead + "L", device=video.device,
                **batch, L=text.shape[-2])
+    if isinstance(owner, nn.Module):
+        check_inputs(owner, {"video": video, "text": text})
     if not batched:  # add a batch of one: (1, T, H, W, Dv), (1, L, D), masks likewise
         video, text = video[None], text[None]
         video_mask = None if video_mask is None else video_mask[None]

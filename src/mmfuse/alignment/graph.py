@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .._checks import (
     check_heads,
+    check_inputs,
     check_mask,
     check_positive,
     check_probability,
@@ -169,6 +170,7 @@ class ModalityGraphAttention(nn.Module):
         else:
             check_mask(adjacency, owner=self, arg="adjacency", layout="K J", device=nodes.device,
                        K=k, J=k)
+        check_inputs(self, {"nodes": nodes})
         x = nodes if batched else nodes[None]  # (B, K, D)
         mask = node_mask if node_mask is None or batched else node_mask[None]  # (B, K)
         if mask is not None:  # missing nodes' values (even NaN) never enter the arithmetic

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_size, format_shape
+from .._checks import check_choice, check_inputs, check_size, format_shape
 from ..errors import ShapeError
 
 __all__ = ["BackboneAdapter"]
@@ -124,7 +124,10 @@ class BackboneAdapter(nn.Module):
             feats = feats.flatten(1, -2).mean(dim=1)  # (B, D)
         elif self.pool == "first" and feats.dim() > 2:
             feats = feats.flatten(1, -2)[:, 0]  # (B, D)
-        return feats if self.proj is None else self.proj(feats)
+        if self.proj is None:
+            return feats
+        check_inputs(self.proj, {"backbone output": feats}, owner=self)
+        return self.proj(feats)
 
     def extra_repr(self) -> str:
         return (f"feature_dim={self.feature_dim}, out_dim={self.out_dim}, freeze={self.freeze}, "

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive, check_size, check_tensor
+from .._checks import check_inputs, check_positive, check_size, check_tensor
 from ..errors import ShapeError
 from ..functional.audio import log_mel_spectrogram, mel_filterbank
 from ._layers import ConvBlock
@@ -106,9 +106,11 @@ class AudioEncoder(nn.Module):
     def forward_tokens(self, audio: Tensor) -> Tensor:
         """(B, N, D): one token per time step of the CNN's output grid."""
         if isinstance(audio, Tensor) and audio.dim() == 2:
+            check_inputs(self, {"audio": audio}, dtype=False)  # cast to the parameters' dtype
             spec = self.log_mel(audio)
         elif isinstance(audio, Tensor) and audio.dim() == 3:
             check_tensor(audio, "B F S", owner=self, arg="audio", F=self.n_mels)
+            check_inputs(self, {"audio": audio}, dtype=False)
             spec = audio
         else:
             shape = tuple(audio.shape) if isinstance(audio, Tensor) else type(audio).__name__

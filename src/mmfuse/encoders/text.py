@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_mask, check_size, check_tensor
+from .._checks import check_inputs, check_mask, check_size, check_tensor
 from ._layers import TransformerBlock
 
 __all__ = ["ByteTokenizer", "TextEncoder", "TokenizedText"]
@@ -157,6 +157,7 @@ class TextEncoder(nn.Module):
                 f"got {sizes['L']}."
             )
         check_mask(mask, owner=self, arg="mask", device=ids.device, B=sizes["B"], N=sizes["L"])
+        check_inputs(self, {"ids": ids, "mask": mask})
         h = self.embed(ids) + self.pos[: sizes["L"]]  # (B, L, W)
         for block in self.blocks:
             h = block(h, mask)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_size, check_tensor
+from .._checks import check_inputs, check_size, check_tensor
 from ..errors import ShapeError
 
 __all__ = ["VideoEncoder"]
@@ -72,6 +72,7 @@ class VideoEncoder(nn.Module):
                 f"VideoEncoder: expected `video` of shape (B, T, C, H, W) with H and W multiples "
                 f"of patch_size={p}, got {tuple(video.shape)}."
             )
+        check_inputs(self, {"video": video})
         b, t = sizes["B"], sizes["T"]
         x = self.patch(video.flatten(0, 1))  # (B*T, D, H', W')
         x = x.reshape(b, t, *x.shape[1:]).permute(0, 1, 3, 4, 2)  # (B, T, H', W', D)

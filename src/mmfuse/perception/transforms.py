@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_positive, check_size, format_shape, owner_name
+from .._checks import check_inputs, check_positive, check_size, format_shape, owner_name
 from ..errors import ShapeError
 from ..functional import dct_matrix, log_mel_spectrogram, mel_filterbank
 
@@ -91,6 +91,7 @@ class LogMelSpectrogram(nn.Module):
 
     def forward(self, waveform: Tensor) -> Tensor:
         _check_waveform(waveform, self)
+        check_inputs(self, {"waveform": waveform}, dtype=False)  # filterbank cast to its dtype
         if waveform.shape[:-1].numel() == 0:  # an empty batch: torch.stft rejects it
             frames = 1 + waveform.shape[-1] // self.hop_length
             return waveform.new_zeros(*waveform.shape[:-1], self.n_mels, frames)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..._checks import (
     check_dims,
     check_features,
+    check_inputs,
     check_positive,
     check_presence,
     check_size,
@@ -166,6 +167,7 @@ class ConditionEmbedding(nn.Module):
             raise TypeError(
                 f"{name}: expected at least one of `labels`, `style`, `features`, got none."
             )
+        check_inputs(self, {"style": style, "features": features})
         ref = self.null
         device = ref.device
         if labels is not None and self.label_embed is not None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..._checks import check_choice, check_size, check_tensor, owner_name
+from ..._checks import check_choice, check_inputs, check_size, check_tensor, owner_name
 from ._common import ModulatedConvBlock, norm_groups, target_shape
 
 __all__ = ["ConditionalDecoder"]
@@ -111,6 +111,7 @@ class ConditionalDecoder(nn.Module):
 
     def forward(self, cond: Tensor) -> Tensor:
         batch = check_tensor(cond, "B E", owner=self, arg="cond", E=self.cond_dim)["B"]
+        check_inputs(self, {"cond": cond})
         h = self.stem(cond).reshape(batch, self.channels, *self.base)  # (B, ch, *base)
         k = 0
         for stage in range(self.num_upsamples + 1):

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ..._checks import (
     check_choice,
+    check_inputs,
     check_positive,
     check_same_device,
     check_size,
@@ -189,6 +190,8 @@ class DiffusionHead(nn.Module):
         self._check_cond(cond, batch)
         if drop is not None:
             check_tensor(drop, "B", owner=self, arg="drop", floating=False, B=batch)
+        check_inputs(self, {"x": x, "t": t, "cond": cond, "drop": drop})
+        if drop is not None:
             cond = torch.where(drop[:, None], self.null_cond.to(cond.dtype), cond)
         return self._denoise(x, t, cond)
 
@@ -218,6 +221,7 @@ class DiffusionHead(nn.Module):
         batch = check_target(x0, self.target_shape, owner=self, arg="x0")
         check_loss_batch(batch, owner=self, arg="x0")
         self._check_cond(cond, batch)
+        check_inputs(self, {"x0": x0, "cond": cond})
         device, work = x0.device, torch.promote_types(x0.dtype, torch.float32)
         if t is None:
             t = (draw_uniform((batch,), device=device, generator=generator) * self.num_steps)
@@ -322,6 +326,7 @@ class DiffusionHead(nn.Module):
         if uncond is not None:
             check_tensor(uncond, "B E", owner=self, arg="uncond", B=batch, E=self.cond_dim)
         check_same_device({"cond": cond, "uncond": uncond, "noise": noise}, owner=self)
+        check_inputs(self, {"cond": cond, "uncond": uncond})
         device, dtype = cond.device, cond.dtype
         work = torch.promote_types(dtype, torch.float32)  # the sampler's arithmetic
         shape = (batch, *self.target_shape)
