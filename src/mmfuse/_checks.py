@@ -30,6 +30,7 @@ __all__ = [
     "check_dims",
     "check_features",
     "check_floating",
+    "check_has_values",
     "check_heads",
     "check_inputs",
     "check_interval",
@@ -348,7 +349,7 @@ def _flatten(tensors: Mapping[str, object]) -> list[tuple[str, Tensor]]:
 
 
 def check_inputs(
-    module: torch.nn.Module,
+    module: torch.nn.Module | None,
     tensors: Mapping[str, object],
     *,
     owner: object | None = None,
@@ -361,7 +362,8 @@ def check_inputs(
     the autocast dtype of its device is accepted as well. Call after the shape checks.
 
     Args:
-        module: The module whose parameters and buffers set the dtype and device.
+        module: The module whose parameters and buffers set the dtype and device; None for a
+            function (its inputs are compared with each other; ``owner`` names it).
         tensors: Argument name -> tensor, ``None`` (skipped) or a mapping of tensors (each
             named ``arg['key']``). Non-floating tensors (masks, indices) are checked for device
             only.
@@ -373,7 +375,7 @@ def check_inputs(
         ValueError: an input on another device.
     """
     name = owner_name(module if owner is None else owner)
-    ref = _reference(module)
+    ref = None if module is None else _reference(module)
     ref_arg = "the module's parameters"
     items = _flatten(tensors)
     if ref is None or not ref.is_floating_point():
@@ -399,6 +401,16 @@ def check_inputs(
                 want, got = f"on {ref.device}", f"{t.device}"
             error = ValueError if bad_device else TypeError
             raise error(f"{name}: expected `{arg}` {want} like {ref_arg}, got {got}.")
+
+
+def check_has_values(x: Tensor, *, owner: object, arg: str) -> None:
+    """``x`` holds values a result can be read from: not a meta tensor (shapes only), which a
+    function returning Python numbers cannot compute."""
+    if x.device.type == "meta":
+        raise ValueError(
+            f"{owner_name(owner)}: expected `{arg}` with values to compute from, got a tensor on "
+            f"the meta device (shapes only)."
+        )
 
 
 # ----------------------------------------------------------------------------- configuration

@@ -104,6 +104,7 @@ class BackboneAdapter(nn.Module):
         return out
 
     def forward(self, x: Any, *args: Any, **kwargs: Any) -> Tensor:
+        check_inputs(self.backbone, {"x": x}, owner=self)  # a tensor input: the backbone's dtype
         if self.freeze:
             with torch.no_grad():
                 out = self.backbone(x, *args, **kwargs)

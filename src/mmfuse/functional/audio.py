@@ -141,6 +141,9 @@ def spectrogram(
     if win > n_fft:
         raise ValueError(f"{owner}: expected `win_length` <= n_fft={n_fft}, got {win}.")
     lead = waveform.shape[:-1]
+    if lead.numel() == 0:  # an empty batch: torch.stft rejects it; the result is simply empty
+        frames = 1 + waveform.shape[-1] // hop if center else 1 + (waveform.shape[-1] - n_fft) // hop
+        return waveform.new_zeros(*lead, n_fft // 2 + 1, max(frames, 0))
     x = waveform.reshape(-1, waveform.shape[-1])  # (N, S)
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
     window = torch.hann_window(win, periodic=True, dtype=work.dtype, device=work.device)

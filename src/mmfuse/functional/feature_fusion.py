@@ -246,6 +246,7 @@ def signed_sqrt(x: Tensor, eps: float = 1e-6) -> Tensor:
     derivative at 0 is the true one, ``1 / (2 sqrt(eps))``, instead of the plain signed square
     root's infinity. ``eps`` must be positive.
     """
+    check_floating(x, owner="signed_sqrt", arg="x")
     return x / ((x.abs() + eps).sqrt() + math.sqrt(eps))
 
 

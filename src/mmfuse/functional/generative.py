@@ -67,14 +67,22 @@ def _sqrt(a: Tensor | float) -> Tensor | float:
 def _check_alpha(a: object, like: Tensor, batch: int, *, owner: str, arg: str,
                  like_arg: str = "x0") -> None:
     """A signal level: a Python number, a 0-d tensor or a (B,) floating tensor on ``like``'s
-    device."""
+    device, with values in (0, 1] (tensor values checked in eager mode only)."""
     if isinstance(a, (int, float)) and not isinstance(a, bool):
+        if not 0 < a <= 1:  # NaN fails too
+            raise ValueError(f"{owner}: expected `{arg}` in (0, 1], got {a!r}.")
         return
     if isinstance(a, Tensor) and a.dim() == 0:
         check_tensor(a, "", owner=owner, arg=arg)
     else:
         check_tensor(a, "B", owner=owner, arg=arg, B=batch)
-    check_same_device({like_arg: like, arg: cast(Tensor, a)}, owner=owner)
+    t = cast(Tensor, a)
+    check_same_device({like_arg: like, arg: t}, owner=owner)
+    if not torch.compiler.is_compiling() and t.device.type != "meta":
+        bad = ~((t > 0) & (t <= 1))
+        if bool(bad.any()):
+            got = float(t.reshape(-1)[bad.reshape(-1).nonzero()[0, 0]])
+            raise ValueError(f"{owner}: expected `{arg}` in (0, 1], got {got}.")
 
 
 def _check_pair(x: object, y: object, alpha_bar: object, *, owner: str, x_arg: str,
