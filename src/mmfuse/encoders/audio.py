@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_inputs, check_positive, check_size, check_tensor
+from .._checks import check_inputs, check_positive, check_size, check_tensor, format_shape
 from ..errors import ShapeError
 from ..functional.audio import log_mel_spectrogram, mel_filterbank
 from ._layers import ConvBlock
@@ -97,6 +97,9 @@ class AudioEncoder(nn.Module):
     def log_mel(self, waveform: Tensor) -> Tensor:
         """(B, S) waveform to the (B, n_mels, frames) log-mel spectrogram the encoder uses."""
         sizes = check_tensor(waveform, "B S", owner=self, arg="audio")
+        if sizes["S"] == 0:
+            raise ShapeError(f"AudioEncoder: expected `audio` of shape (B, S) with S >= 1 "
+                             f"samples, got {format_shape(waveform.shape)}.")
         if sizes["B"] == 0:  # torch.stft rejects an empty batch; the result is simply empty
             return waveform.new_zeros(0, self.n_mels, 1 + sizes["S"] // self.hop_length)
         return log_mel_spectrogram(waveform, self.sample_rate, n_fft=self.n_fft,
@@ -110,6 +113,9 @@ class AudioEncoder(nn.Module):
             spec = self.log_mel(audio)
         elif isinstance(audio, Tensor) and audio.dim() == 3:
             check_tensor(audio, "B F S", owner=self, arg="audio", F=self.n_mels)
+            if audio.shape[2] == 0:
+                raise ShapeError(f"AudioEncoder: expected `audio` of shape (B, F, S) with "
+                                 f"F={self.n_mels} and S >= 1 frames, got {format_shape(audio.shape)}.")
             check_inputs(self, {"audio": audio}, dtype=False)
             spec = audio
         else:

@@ -329,7 +329,10 @@ class ResizeFrames(nn.Module):
     def forward(self, frames: Tensor) -> Tensor:
         x = _frames_float(frames, self)
         lead = x.shape[:-3]
-        flat = x.reshape(-1, *x.shape[-3:])  # (N, C, H, W)
+        if lead.numel() == 0 or x.shape[-3] == 0:  # nothing to resize: interpolate rejects it
+            return x.new_zeros(*x.shape[:-2], *self.size).to(
+                torch.uint8 if frames.dtype == torch.uint8 else x.dtype)
+        flat = x.reshape(lead.numel(), *x.shape[-3:])  # (N, C, H, W)
         work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
         out = F.interpolate(work, size=self.size, mode="bilinear", align_corners=False,
                             antialias=self.antialias)

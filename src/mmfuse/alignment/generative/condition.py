@@ -170,6 +170,9 @@ class ConditionEmbedding(nn.Module):
         check_inputs(self, {"style": style, "features": features})
         ref = self.null
         device = ref.device
+        if labels is not None and labels.device.type == "meta" and device.type != "meta":
+            raise ValueError(f"{name}: expected `labels` with values to embed on {device}, got a "
+                             f"tensor on the meta device.")
         if labels is not None and self.label_embed is not None:
             given[LABEL] = self.label_embed(labels.to(device))
         if style is not None and self.style_proj is not None:
