@@ -321,10 +321,10 @@ def _reference(module: torch.nn.Module) -> Tensor | None:
         if t.is_floating_point():
             return t
         first = t if first is None else first
-    for t in module.buffers():
-        if t.is_floating_point():
-            return t
-        first = t if first is None else first
+    for b in module.buffers():
+        if b.is_floating_point():
+            return b
+        first = b if first is None else first
     return first
 
 

@@ -154,3 +154,15 @@ def test_argument_values_are_checked_at_the_boundary() -> None:
     for fn in (hz_to_mel, mel_to_hz):
         with pytest.raises(ValueError, match=rf"^{fn.__name__}: unknown `mel_scale` 'x'"):
             fn(100.0, "x")
+
+
+def test_empty_batch_gives_an_empty_result_like_the_modules() -> None:
+    from mmfuse.functional import log_mel_spectrogram, mfcc, spectrogram
+    from mmfuse.perception import LogMelSpectrogram
+
+    w = torch.zeros(0, 400)
+    assert spectrogram(w, 64, 16).shape == (0, *spectrogram(torch.zeros(1, 400), 64, 16).shape[1:])
+    assert log_mel_spectrogram(w, 8000, n_fft=64).shape == (0, 64, 1 + 400 // 16)
+    assert mfcc(w, 8000).shape[:2] == (0, 13)
+    assert LogMelSpectrogram(8000, n_fft=64)(w).shape == log_mel_spectrogram(
+        w, 8000, n_fft=64).shape

@@ -228,10 +228,14 @@ def _masked_nan(target: Target, kwargs: dict[str, Any], batch: int,
         return None
     out = kwargs
     for mask_path, data_path in target.masks.items():
-        mask = get_path(kwargs, mask_path)
-        data = get_path(kwargs, data_path)
-        if mask is None or data is None:
+        try:
+            mask, data = get_path(kwargs, mask_path), get_path(kwargs, data_path)
+        except KeyError:  # an optional mask the valid inputs leave out: add one
+            mask, data = None, get_path(kwargs, data_path)
+        if data is None:
             continue
+        if mask is None:
+            mask = torch.ones(data.shape[:2], dtype=torch.bool)
         keep = torch.rand(mask.shape, generator=gen) < 0.6
         keep[0] = False
         lead = keep.view(*keep.shape, *[1] * (data.dim() - keep.dim()))

@@ -42,7 +42,8 @@ def _case(build) -> ContractCase:
 
 
 def _campaign(target: Target) -> None:
-    @settings(settings.get_profile("ci"), max_examples=40, deadline=None, database=None)
+    @settings(settings.get_profile("ci"), max_examples=40, deadline=None, database=None,
+              report_multiple_bugs=False)
     @given(data=st.data())
     def run(data: st.DataObject) -> None:
         fuzz_one(target, data)
