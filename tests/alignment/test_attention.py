@@ -283,7 +283,7 @@ def test_errors_name_module_argument_expected_and_got():
         m(video[..., :5], text)
     with pytest.raises(ShapeError, match=r"expected `text` of shape \(B, L, D\) with B=2, D=8"):
         m(video, text[:1])
-    with pytest.raises(ShapeError, match=r"expected `video` of shape \(B, T, H, W, Dv\) with Dv=8 "
+    with pytest.raises(ShapeError, match=r"expected `video` of shape \(B, T, H, W, Dv\) with Dv=6 "
                        r"like the batched `text` of shape \(2, 4, 8\)"):
         m(video[0], text)  # the video lost its batch: blame it, not the text
     with pytest.raises(ShapeError, match=r"expected `video_mask` of shape \(B, T\) with B=2, T=3"):
