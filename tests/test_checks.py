@@ -183,9 +183,9 @@ def test_check_heads() -> None:
         check_heads(8, 3, owner="F")
     with pytest.raises(ValueError, match=r"^F: expected `num_heads` to divide out_dim=6, got 4\.$"):
         check_heads(6, 4, owner="F", arg="out_dim")
-    with pytest.raises(ValueError, match=r"^F: expected `out_dim` to be a positive number, got 0"):
+    with pytest.raises(ValueError, match=r"^F: expected `out_dim` to be a positive int, got 0"):
         check_heads(0, 4, owner="F", arg="out_dim")
-    with pytest.raises(ValueError, match=r"^F: expected `num_heads` to be a positive number, got 0"):
+    with pytest.raises(ValueError, match=r"^F: expected `num_heads` to be a positive int, got 0"):
         check_heads(8, 0, owner="F")
 
 
@@ -209,3 +209,92 @@ def test_check_batched() -> None:
         with pytest.raises(TypeError, match=rf"^F: expected `x` to be a tensor of shape \(B, \.\.\.\), "
                            rf"got {got}\.$"):
             check_batched(bad, owner="F", arg="x")
+
+
+# ----------------------------------------------------------------------------- check_inputs / check_size
+
+
+def test_check_inputs_names_module_argument_expected_and_received() -> None:
+    from mmfuse._checks import check_inputs
+    from mmfuse.fusion import AttentionFusion
+
+    f = AttentionFusion({"a": 4}, 6)
+    msg = (r"^AttentionFusion: expected `features\['a'\]` of dtype torch.float32 on cpu like the "
+           r"module's parameters, got torch.float64 on cpu\.$")
+    with pytest.raises(TypeError, match=msg):
+        f({"a": torch.randn(2, 4).double()})
+    with pytest.raises(ValueError, match=r"^AttentionFusion: expected `features\['a'\]` of dtype "
+                       r"torch.float32 on cpu like the module's parameters, got torch.float32 "
+                       r"on meta\.$"):
+        f({"a": torch.randn(2, 4, device="meta")})
+    # a parameter-free caller compares its inputs with the first floating one
+    with pytest.raises(TypeError, match=r"^g: expected `y` of dtype torch.float32 on cpu like "
+                       r"`x`, got torch.bfloat16 on cpu\.$"):
+        check_inputs(None, {"x": torch.zeros(2), "y": torch.zeros(2, dtype=torch.bfloat16)},
+                     owner="g")
+    # dtype=False checks devices only; masks and indices are checked for device only
+    check_inputs(f, {"x": torch.zeros(2, dtype=torch.float64)}, dtype=False)
+    check_inputs(f, {"m": torch.ones(2, dtype=torch.bool), "i": torch.zeros(2, dtype=torch.long)})
+    with pytest.raises(ValueError, match=r"^AttentionFusion: expected `m` on cpu like the "
+                       r"module's parameters, got meta\.$"):
+        check_inputs(f, {"m": torch.ones(2, dtype=torch.bool, device="meta")})
+
+
+def test_check_inputs_accepts_the_autocast_dtype() -> None:
+    from mmfuse.fusion import AttentionFusion, LowRankTensorFusion
+
+    for f in (AttentionFusion({"a": 4, "b": 3}, 6), LowRankTensorFusion({"a": 4, "b": 3}, 6, 2)):
+        x = {"a": torch.randn(2, 4, dtype=torch.bfloat16), "b": torch.randn(2, 3)}
+        with pytest.raises(TypeError, match="dtype torch.float32"):
+            f(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = f(x)
+        assert out.shape == (2, 6) and bool(torch.isfinite(out.float()).all())
+
+
+def test_modalities_of_different_dtypes_are_refused_by_name() -> None:
+    from mmfuse.fusion import GatedFusion
+
+    f = GatedFusion({"a": 4, "b": 3}, 5).double()
+    with pytest.raises(TypeError, match=r"^GatedFusion: expected `features\['b'\]` of dtype "
+                       r"torch.float64"):
+        f({"a": torch.randn(2, 4, dtype=torch.float64), "b": torch.randn(2, 3)})
+
+
+def test_meta_input_into_cpu_buffers_raises() -> None:
+    from mmfuse.encoders import AudioEncoder
+    from mmfuse.perception import LogMelSpectrogram
+
+    with pytest.raises(ValueError, match=r"^LogMelSpectrogram: expected `waveform` on cpu like "
+                       r"the module's parameters, got meta\.$"):
+        LogMelSpectrogram(16000)(torch.randn(2, 1600, device="meta"))
+    with pytest.raises(ValueError, match=r"^AudioEncoder: expected `audio` on cpu"):
+        AudioEncoder(8, sample_rate=16000)(torch.randn(2, 1600, device="meta"))
+    # a meta module with meta inputs is shape inference, and stays allowed
+    meta = LogMelSpectrogram(16000, device="meta")
+    assert meta(torch.randn(2, 1600, device="meta")).device.type == "meta"
+
+
+def test_check_inputs_compiles_without_graph_breaks() -> None:
+    from mmfuse.fusion import AttentionFusion
+
+    f = AttentionFusion({"a": 4, "b": 3}, 6)
+    x = {"a": torch.randn(3, 4), "b": torch.randn(3, 3)}
+    compiled = torch.compile(f, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), f(x))
+
+
+def test_check_size_refuses_bools_floats_and_infinity() -> None:
+    from mmfuse._checks import check_size
+
+    assert check_size(3, owner="F", arg="n") == 3
+    assert check_size(0, owner="F", arg="n", allow_zero=True) == 0
+    for bad in (True, 2.0, 2.5, float("inf"), "3", None):
+        with pytest.raises(TypeError, match=r"^F: expected `n` to be a positive int, got "):
+            check_size(bad, owner="F", arg="n")
+    with pytest.raises(ValueError, match=r"^F: expected `n` to be a positive int, got -1\.$"):
+        check_size(-1, owner="F", arg="n")
+    with pytest.raises(ValueError, match=r"^F: expected `t` to be a finite positive number, "
+                       r"got inf\.$"):
+        check_positive(float("inf"), owner="F", arg="t")
+    check_positive(float("inf"), owner="F", arg="t", finite=False)

@@ -12,6 +12,7 @@ raises the error below.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
@@ -29,7 +30,9 @@ __all__ = [
     "check_dims",
     "check_features",
     "check_floating",
+    "check_has_values",
     "check_heads",
+    "check_inputs",
     "check_interval",
     "check_like",
     "check_mask",
@@ -37,6 +40,7 @@ __all__ = [
     "check_presence",
     "check_probability",
     "check_same_device",
+    "check_size",
     "check_tensor",
     "format_shape",
     "owner_name",
@@ -304,7 +308,131 @@ def check_same_device(tensors: Mapping[str, Tensor | None], *, owner: object) ->
             )
 
 
+# ----------------------------------------------------------------------------- dtype and device
+
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu", "xla")
+
+
+def _reference(module: torch.nn.Module) -> Tensor | None:
+    """The first floating parameter or buffer (else the first of any dtype, else None): the
+    dtype and device the module computes in."""
+    first: Tensor | None = None
+    for t in module.parameters():
+        if t.is_floating_point():
+            return t
+        first = t if first is None else first
+    for b in module.buffers():
+        if b.is_floating_point():
+            return b
+        first = b if first is None else first
+    return first
+
+
+def _autocast_accepts(t: Tensor) -> bool:
+    """``t`` is in the dtype autocast computes in on its device, with autocast enabled there."""
+    kind = t.device.type
+    return (
+        kind in _AUTOCAST_DEVICES
+        and torch.is_autocast_enabled(kind)
+        and t.dtype == torch.get_autocast_dtype(kind)
+    )
+
+
+def _flatten(tensors: Mapping[str, object]) -> list[tuple[str, Tensor]]:
+    out: list[tuple[str, Tensor]] = []
+    for arg, value in tensors.items():
+        if isinstance(value, Tensor):
+            out.append((arg, value))
+        elif isinstance(value, Mapping):
+            out.extend((f"{arg}[{k!r}]", v) for k, v in value.items() if isinstance(v, Tensor))
+    return out
+
+
+def check_inputs(
+    module: torch.nn.Module | None,
+    tensors: Mapping[str, object],
+    *,
+    owner: object | None = None,
+    dtype: bool = True,
+) -> None:
+    """Floating inputs share the module's dtype and device, and every input its device.
+
+    The reference is the module's first floating parameter or buffer (once per call); a module
+    with none compares its inputs with the first floating one given. Under autocast, an input in
+    the autocast dtype of its device is accepted as well. Call after the shape checks.
+
+    Args:
+        module: The module whose parameters and buffers set the dtype and device; None for a
+            function (its inputs are compared with each other; ``owner`` names it).
+        tensors: Argument name -> tensor, ``None`` (skipped) or a mapping of tensors (each
+            named ``arg['key']``). Non-floating tensors (masks, indices) are checked for device
+            only.
+        owner: The name in messages (default: the module's class name).
+        dtype: False checks devices only, for modules that compute in their input's dtype.
+
+    Raises:
+        TypeError: a floating input in another dtype.
+        ValueError: an input on another device.
+    """
+    name = owner_name(module if owner is None else owner)
+    ref = None if module is None else _reference(module)
+    ref_arg = "the module's parameters"
+    items = _flatten(tensors)
+    if ref is None or not ref.is_floating_point():
+        first = next(((a, t) for a, t in items if t.is_floating_point()), None)
+        if first is not None:
+            ref_arg, ref = f"`{first[0]}`", first[1]
+    if ref is None:
+        return
+    floating_ref = ref.is_floating_point()
+    for arg, t in items:
+        bad_device = t.device != ref.device
+        bad_dtype = (
+            dtype
+            and floating_ref
+            and t.is_floating_point()
+            and t.dtype != ref.dtype
+            and not _autocast_accepts(t)
+        )
+        if bad_device or bad_dtype:
+            if dtype and floating_ref and t.is_floating_point():
+                want, got = f"of dtype {ref.dtype} on {ref.device}", f"{t.dtype} on {t.device}"
+            else:
+                want, got = f"on {ref.device}", f"{t.device}"
+            error = ValueError if bad_device else TypeError
+            raise error(f"{name}: expected `{arg}` {want} like {ref_arg}, got {got}.")
+
+
+def check_has_values(x: Tensor, *, owner: object, arg: str) -> None:
+    """``x`` holds values a result can be read from: not a meta tensor (shapes only), which a
+    function returning Python numbers cannot compute."""
+    if x.device.type == "meta":
+        raise ValueError(
+            f"{owner_name(owner)}: expected `{arg}` with values to compute from, got a tensor on "
+            f"the meta device (shapes only)."
+        )
+
+
 # ----------------------------------------------------------------------------- configuration
+
+
+def check_size(
+    value: Any, *, owner: object, arg: str, allow_zero: bool = False, optional: bool = False
+) -> int:
+    """A size: a positive (or non-negative) int; bool, float and other types refused.
+
+    Raises:
+        TypeError: not an int (a bool or a float such as ``2.0`` included).
+        ValueError: zero or negative.
+    """
+    if optional and value is None:
+        return cast(int, None)
+    want = "a non-negative" if allow_zero else "a positive"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner_name(owner)}: expected `{arg}` to be {want} int, got {value!r}.")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{owner_name(owner)}: expected `{arg}` to be {want} int, got {value!r}.")
+    return int(value)
 
 
 def check_dims(dims: object, *, owner: object, arg: str = "dims") -> dict[str, int]:
@@ -327,11 +455,18 @@ def check_dims(dims: object, *, owner: object, arg: str = "dims") -> dict[str, i
     return out
 
 
-def check_positive(value: Any, *, owner: object, arg: str, allow_zero: bool = False) -> None:
-    """A positive (or non-negative) number; bools and NaN rejected."""
+def check_positive(
+    value: Any, *, owner: object, arg: str, allow_zero: bool = False, finite: bool = True
+) -> None:
+    """A positive (or non-negative) number; bools and NaN rejected, and infinity unless
+    ``finite=False``."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not (value >= 0 if allow_zero else value > 0):  # NaN fails both comparisons
+    if not ok or not (value >= 0 if allow_zero else value > 0) or (  # NaN fails both
+        finite and not math.isfinite(value)
+    ):
         want = "a non-negative" if allow_zero else "a positive"
+        if ok and finite and value == math.inf:
+            want = "a finite positive"
         raise ValueError(f"{owner_name(owner)}: expected `{arg}` to be {want} number, got {value!r}.")
 
 
@@ -359,8 +494,8 @@ def check_probability(value: Any, *, owner: object, arg: str, closed: bool = Fal
 def check_heads(dim: Any, num_heads: Any, *, owner: object, arg: str = "dim") -> None:
     """Multi-head attention sizes: ``dim`` (named ``arg``) and ``num_heads`` positive, and
     ``num_heads`` divides ``dim``."""
-    check_positive(dim, owner=owner, arg=arg)
-    check_positive(num_heads, owner=owner, arg="num_heads")
+    check_size(dim, owner=owner, arg=arg)
+    check_size(num_heads, owner=owner, arg="num_heads")
     if dim % num_heads:
         raise ValueError(
             f"{owner_name(owner)}: expected `num_heads` to divide {arg}={dim}, got {num_heads}."

@@ -283,9 +283,9 @@ def test_errors_name_module_argument_expected_and_got():
         m(video[..., :5], text)
     with pytest.raises(ShapeError, match=r"expected `text` of shape \(B, L, D\) with B=2, D=8"):
         m(video, text[:1])
-    with pytest.raises(ShapeError, match=r"expected `text` of shape \(L, D\) with D=8, got "
-                       r"\(2, 4, 8\)"):
-        m(video[0], text)
+    with pytest.raises(ShapeError, match=r"expected `video` of shape \(B, T, H, W, Dv\) with Dv=6 "
+                       r"like the batched `text` of shape \(2, 4, 8\)"):
+        m(video[0], text)  # the video lost its batch: blame it, not the text
     with pytest.raises(ShapeError, match=r"expected `video_mask` of shape \(B, T\) with B=2, T=3"):
         m(video, text, video_mask=torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ShapeError, match=r"`video_mask` of shape \(B, T, H, W\) with B=2, T=3, "
@@ -306,7 +306,7 @@ def test_config_errors_fail_in_init():
         SpatioTemporalAttention(8, 2, pos_encoding="rope")
     with pytest.raises(ValueError, match=r"expected `dropout` in \[0, 1\), got 1.5"):
         SpatioTemporalAttention(8, 2, dropout=1.5)
-    with pytest.raises(ValueError, match=r"expected `video_dim` to be a positive number"):
+    with pytest.raises(ValueError, match=r"expected `video_dim` to be a positive int"):
         SpatioTemporalAttention(8, 2, video_dim=0)
 
 
@@ -352,3 +352,13 @@ def test_compiled_training_with_dropout_runs_fullgraph():
         assert out.shape == (2, 4, 8) and bool(torch.isfinite(out).all())
         with pytest.warns(UserWarning, match="rules out the fused flash-attention kernel"):
             m(video, text)  # eager still says so once
+
+
+def test_a_video_without_its_batch_is_blamed_not_the_text() -> None:
+    from mmfuse.alignment import SpatioTemporalAttention
+
+    m = SpatioTemporalAttention(8, 2)
+    with pytest.raises(ShapeError, match=r"^SpatioTemporalAttention: expected `video` of shape "
+                       r"\(B, T, H, W, Dv\) with Dv=8 like the batched `text` of shape \(2, 4, 8\), "
+                       r"got \(2, 3, 3, 8\)\.$"):
+        m(torch.randn(2, 3, 3, 8), torch.randn(2, 4, 8))

@@ -157,7 +157,7 @@ def test_errors():
         FactorizedSpatioTemporalAttention(8, 2, dropout=-0.1)
     with pytest.raises(ValueError, match=r"unknown `pos_encoding` 'rope'; expected one of"):
         FactorizedSpatioTemporalAttention(8, 2, pos_encoding="rope")
-    with pytest.raises(ValueError, match=r"expected `video_dim` to be a positive number"):
+    with pytest.raises(ValueError, match=r"expected `video_dim` to be a positive int"):
         FactorizedSpatioTemporalAttention(8, 2, video_dim=0)
 
 

@@ -35,7 +35,7 @@ def test_errors() -> None:
     with pytest.raises(ShapeError, match=r"ImageEncoder: expected `images` of shape \(B, C, H, W\) "
                                          r"with C=1, got \(2, 3, 8, 8\)"):
         enc(torch.rand(2, 3, 8, 8))
-    with pytest.raises(ValueError, match=r"expected `out_dim` to be a positive number, got 0"):
+    with pytest.raises(ValueError, match=r"expected `out_dim` to be a positive int, got 0"):
         ImageEncoder(1, 0)
 
 

@@ -47,7 +47,7 @@ def test_shape_dtype_and_device_errors() -> None:
 def test_sinusoidal_encoding_3d_checks_dim_and_dtype() -> None:
     from mmfuse.functional import sinusoidal_encoding_3d
 
-    with pytest.raises(ValueError, match=r"^sinusoidal_encoding_3d: expected `dim` to be a positive number, got 0\.$"):
+    with pytest.raises(ValueError, match=r"^sinusoidal_encoding_3d: expected `dim` to be a positive int, got 0\.$"):
         sinusoidal_encoding_3d(2, 3, 4, 0)
     with pytest.raises(TypeError, match=r"^sinusoidal_encoding_3d: expected a floating `dtype`, got torch\.int64\.$"):
         sinusoidal_encoding_3d(2, 3, 4, 12, dtype=torch.long)
@@ -107,3 +107,19 @@ def test_divided_attention_checks_its_inputs() -> None:
     out, w = divided_attention(qt, kt, qs, ks, v, need_weights=True)
     assert out.shape == (b, h, n_q, 7) and w is not None
     torch.testing.assert_close(w.sum(dim=(-2, -1)), torch.ones(b, h, n_q))
+
+
+def test_mixed_dtypes_and_devices_are_named_before_sdpa() -> None:
+    from mmfuse.functional import masked_attention, masked_cross_attention
+
+    q, k = torch.randn(2, 2, 3, 4), torch.randn(2, 2, 5, 4)
+    keep = torch.ones(2, 5, dtype=torch.bool)
+    with pytest.raises(TypeError, match=r"^masked_attention: expected `k` of dtype torch.float32 "
+                       r"on cpu like `q`, got torch.float64 on cpu\.$"):
+        masked_attention(q, k.double(), k)
+    with pytest.raises(ValueError, match=r"^masked_attention: expected `v` of dtype torch.float32 "
+                       r"on cpu like `q`, got torch.float32 on meta\.$"):
+        masked_attention(q, k, k.to("meta"))
+    with pytest.raises(TypeError, match=r"^masked_cross_attention: expected `value` of dtype "
+                       r"torch.float32 on cpu like `query`, got torch.bfloat16 on cpu\.$"):
+        masked_cross_attention(q, k, k.bfloat16(), keep)

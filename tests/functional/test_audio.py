@@ -138,7 +138,7 @@ def test_argument_values_are_checked_at_the_boundary() -> None:
 
     w = torch.randn(2, 1600)
     for arg in ("hop_length", "win_length"):
-        with pytest.raises(ValueError, match=rf"^spectrogram: expected `{arg}` to be a positive number, got 0\.$"):
+        with pytest.raises(ValueError, match=rf"^spectrogram: expected `{arg}` to be a positive int, got 0\.$"):
             spectrogram(w, **{arg: 0})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^spectrogram: expected `win_length` <= n_fft=400, got 500\.$"):
         spectrogram(w, win_length=500)
@@ -147,10 +147,22 @@ def test_argument_values_are_checked_at_the_boundary() -> None:
     with pytest.raises(ShapeError, match=r"^log_mel_spectrogram: expected `filterbank` of shape \(F, M\) "
                        r"with F=201, got \(10, 64\)\.$"):
         log_mel_spectrogram(w, 16000, filterbank=torch.randn(10, 64))
-    with pytest.raises(ValueError, match=r"^mfcc: expected `n_mfcc` to be a positive number, got 0\.$"):
+    with pytest.raises(ValueError, match=r"^mfcc: expected `n_mfcc` to be a positive int, got 0\.$"):
         mfcc(w, 16000, n_mfcc=0)
-    with pytest.raises(ValueError, match=r"^dct_matrix: expected `n_in` to be a positive number, got 0\.$"):
+    with pytest.raises(ValueError, match=r"^dct_matrix: expected `n_in` to be a positive int, got 0\.$"):
         dct_matrix(4, 0)
     for fn in (hz_to_mel, mel_to_hz):
         with pytest.raises(ValueError, match=rf"^{fn.__name__}: unknown `mel_scale` 'x'"):
             fn(100.0, "x")
+
+
+def test_empty_batch_gives_an_empty_result_like_the_modules() -> None:
+    from mmfuse.functional import log_mel_spectrogram, mfcc, spectrogram
+    from mmfuse.perception import LogMelSpectrogram
+
+    w = torch.zeros(0, 400)
+    assert spectrogram(w, 64, 16).shape == (0, *spectrogram(torch.zeros(1, 400), 64, 16).shape[1:])
+    assert log_mel_spectrogram(w, 8000, n_fft=64).shape == (0, 64, 1 + 400 // 16)
+    assert mfcc(w, 8000).shape[:2] == (0, 13)
+    assert LogMelSpectrogram(8000, n_fft=64)(w).shape == log_mel_spectrogram(
+        w, 8000, n_fft=64).shape

@@ -328,3 +328,32 @@ def test_siglip_gradcheck_tiled_and_finite_edges():
     loss = siglip_loss(z, z, scale=1e6, chunk_size=2)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+
+
+def test_meaningless_weights_and_infinite_scales_are_refused() -> None:
+    from mmfuse.alignment import InfoNCELoss, SigLIPLoss
+
+    a, b = torch.randn(5, 4), torch.randn(5, 4)
+    cases = [(-torch.ones(5), r"got -1\.0 at row 0"),
+             (torch.tensor([1.0, -1, 0, 0, 0]), r"got -1\.0 at row 1"),
+             (torch.tensor([1.0, float("nan"), 1, 1, 1]), r"got nan at row 1"),
+             (torch.tensor([1.0, float("inf"), 1, 1, 1]), r"got inf at row 1")]
+    for fn, name in ((info_nce, "info_nce"), (siglip_loss, "siglip_loss")):
+        for w, got in cases:
+            with pytest.raises(ValueError, match=rf"^{name}: expected `weights` finite and "
+                               rf"non-negative, {got}\.$"):
+                fn(a, b, weights=w)
+        with pytest.raises(ValueError, match=rf"^{name}: expected `weights` with a positive sum"):
+            fn(a, b, weights=torch.zeros(5))
+    with pytest.raises(ValueError, match=r"^InfoNCELoss: expected `weights` finite"):
+        InfoNCELoss()(a, b, weights=-torch.ones(5))
+    with pytest.raises(ValueError, match=r"^SigLIPLoss: expected `scale` to be a finite positive "
+                       r"number, got inf\.$"):
+        SigLIPLoss(scale=float("inf"))
+    with pytest.raises(ValueError, match=r"^InfoNCELoss: expected `temperature` to be a finite"):
+        InfoNCELoss(temperature=float("inf"))
+    # a bool mask leaving rows out is not a weight: all False stays allowed (nothing to learn)
+    assert torch.isfinite(info_nce(a, b, weights=torch.ones(5, dtype=torch.bool)))
+    # compiled code skips the value checks (they would read values and break the graph)
+    compiled = torch.compile(info_nce, backend="eager", fullgraph=True)
+    assert compiled(a, b, weights=torch.ones(5)).shape == ()

@@ -158,3 +158,11 @@ def test_device_mismatches_are_named() -> None:
                        r"`zs\[0\]`, got meta\.$"):
         low_rank_tensor_fusion([x], [torch.randn(2, 4, 5)], torch.randn(2),
                                torch.randn(5, device="meta"))
+
+
+def test_signed_sqrt_names_a_non_tensor() -> None:
+    from mmfuse.functional import signed_sqrt
+
+    with pytest.raises(TypeError, match=r"^signed_sqrt: expected `x` to be a floating-point "
+                       r"tensor, got list\.$"):
+        signed_sqrt([1.0, 2.0])  # type: ignore[arg-type]

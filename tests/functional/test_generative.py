@@ -107,3 +107,15 @@ def test_device_mismatches_are_named() -> None:
     with pytest.raises(ValueError, match=r"^reparameterize: expected `logvar` on cpu like "
                        r"`mean`, got meta\.$"):
         reparameterize(x, x.to("meta"), x)
+
+
+def test_q_sample_refuses_alpha_bar_outside_the_unit_interval() -> None:
+    from mmfuse.functional import q_sample, v_target
+
+    x, n = torch.randn(2, 3), torch.randn(2, 3)
+    for bad in (1.5, 0.0, -0.5, float("nan")):
+        with pytest.raises(ValueError, match=r"^q_sample: expected `alpha_bar` in \(0, 1\], got "):
+            q_sample(x, n, bad)
+    with pytest.raises(ValueError, match=r"^v_target: expected `alpha_bar` in \(0, 1\], got -0\.5"):
+        v_target(x, n, torch.tensor([-0.5, 0.5]))
+    torch.testing.assert_close(q_sample(x, n, 1.0), x)

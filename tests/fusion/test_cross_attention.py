@@ -193,3 +193,17 @@ def test_all_present_fast_path_equals_presence_path() -> None:
     ones = {m: torch.ones(3, dtype=torch.bool) for m in DIMS}
     keep_all = {m: torch.ones(3, n, dtype=torch.bool) for m, n in LENGTHS.items()}
     torch.testing.assert_close(f(toks), f(toks, keep_all, ones))
+
+
+def test_sizes_must_be_ints() -> None:
+    from mmfuse.fusion import CrossAttentionFusion, LowRankTensorFusion
+
+    with pytest.raises(TypeError, match=r"^CrossAttentionFusion: expected `num_heads` to be a "
+                       r"positive int, got 2\.0\.$"):
+        CrossAttentionFusion({"a": 4, "b": 4}, 4, num_heads=2.0, depth=1)  # type: ignore[arg-type]
+    for arg, kw in (("rank", {"rank": 2.5}), ("out_dim", {"out_dim": float("inf")}),
+                    ("rank", {"rank": True})):
+        full = {"out_dim": 4, "rank": 2} | kw
+        with pytest.raises(TypeError, match=rf"^LowRankTensorFusion: expected `{arg}` to be a "
+                           r"positive int, got "):
+            LowRankTensorFusion({"a": 3}, full["out_dim"], full["rank"])

@@ -221,3 +221,17 @@ def test_property_matches_loops(b: int, t: int, s: int, f: int, align: str, seed
     out = DataLevelFusion(2, f, align=align, dtype=torch.float64)(**x)
     want = _naive_align(x["spectrogram"], x["spectrogram_times"], x["frame_times"], align)
     torch.testing.assert_close(out[:, :, 2:, 0, 0], want)
+
+
+def test_layout_with_an_arrow_and_meta_inputs_are_named() -> None:
+    from mmfuse.fusion import DataLevelFusion
+
+    with pytest.raises(ValueError, match=r"^DataLevelFusion: expected `layout` to be an einops "
+                       r"pattern over the axes b t c h w, e.g. 'b h w c t', got 'b t c h w -> b'\.$"):
+        DataLevelFusion(3, 4, layout="b t c h w -> b")
+    f = DataLevelFusion(3, 4, audio="project", audio_channels=2)
+    frames = torch.randn(2, 3, 3, 4, 4, device="meta")
+    times = torch.linspace(0, 1, 3, device="meta")
+    with pytest.raises(ValueError, match=r"^DataLevelFusion: expected `frames` of dtype "
+                       r"torch.float32 on cpu like the module's parameters, got torch.float32 on meta"):
+        f(frames, times, torch.randn(2, 4, 5, device="meta"), torch.linspace(0, 1, 5, device="meta"))

@@ -283,3 +283,16 @@ def test_input_errors() -> None:
         f({"a": torch.rand(2, 3), "c": torch.rand(2, 3)})
     with pytest.raises(ShapeError, match=r"batch sizes disagree"):
         f({"a": torch.rand(2, 3), "b": torch.rand(3, 3)})
+
+
+def test_names_and_weights_are_checked_like_the_other_modules() -> None:
+    with pytest.raises(TypeError, match=r"^DecisionFusion: modality names in `modalities` must "
+                       r"be non-empty str, got 1\.$"):
+        DecisionFusion([1, 2], 3)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"must be non-empty str, got ''\.$"):
+        DecisionFusion(["a", ""], 3)
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=r"^DecisionFusion: expected `weights\['a'\]` to be a "):
+            DecisionFusion(["a", "b"], 3, weights={"a": bad, "b": 1.0})
+    with pytest.raises(TypeError, match=r"expected `num_classes` to be a positive int, got 3\.0"):
+        DecisionFusion(["a", "b"], 3.0)  # type: ignore[arg-type]

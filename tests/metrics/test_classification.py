@@ -48,3 +48,13 @@ def test_num_classes_and_device_errors():
         accuracy(p.to("meta"), t)
     with pytest.raises(ValueError, match="^f1_score: expected `target` on meta like `pred`"):
         f1_score(p.to("meta"), t)
+
+
+def test_meta_tensors_are_named() -> None:
+    from mmfuse.metrics import accuracy, f1_score
+
+    pred = torch.randn(4, 3, device="meta")
+    target = torch.zeros(4, dtype=torch.long, device="meta")
+    for fn in (accuracy, f1_score):
+        with pytest.raises(ValueError, match=rf"^{fn.__name__}: expected `pred` with values"):
+            fn(pred, target)

@@ -162,3 +162,16 @@ def test_mixed_devices_and_non_finite_inputs():
         retrieval_metrics(bad, x)
     with pytest.raises(ValueError, match="expected finite similarities"):
         retrieval_metrics(torch.full((3, 3), float("inf")))
+
+
+def test_mixed_dtypes_promote_and_meta_tensors_are_named() -> None:
+    from mmfuse.metrics import RetrievalMetrics, retrieval_metrics
+
+    q = torch.randn(6, 4)
+    g = q + 0.01 * torch.randn(6, 4)
+    assert retrieval_metrics(q, g.double()) == retrieval_metrics(q.double(), g.double())
+    with pytest.raises(ValueError, match=r"^retrieval_metrics: expected `query` with values to "
+                       r"compute from, got a tensor on the meta device \(shapes only\)\.$"):
+        retrieval_metrics(q.to("meta"), g.to("meta"))
+    with pytest.raises(ValueError, match=r"^RetrievalMetrics: expected `query` with values"):
+        RetrievalMetrics().update(q.to("meta"), g.to("meta"))

@@ -248,3 +248,17 @@ def test_empty_batch_gives_empty_outputs() -> None:
     assert MFCC(16000, n_mfcc=4, n_mels=8, hop_length=160)(x).shape == (0, 4, 6)
     assert Resample(16000, 8000)(x).shape == (0, 400)
     assert ResizeFrames((4, 4))(torch.zeros(0, 3, 8, 8)).shape == (0, 3, 4, 4)
+
+
+def test_resample_reduces_by_the_gcd_and_refuses_huge_kernels() -> None:
+    from mmfuse.perception import Resample, resample
+
+    x = torch.randn(2, 441)
+    torch.testing.assert_close(resample(x, 44100, 16000), resample(x, 441, 160))
+    with pytest.raises(ValueError, match=r"^Resample: resampling 7919 -> 104729 Hz reduces to the "
+                       r"ratio 104729/7919, whose sinc kernel needs \d+ taps \(at most 4194304\)"):
+        Resample(7919, 104729)
+    with pytest.raises(TypeError, match=r"^Resample: expected `orig_freq` to be a positive int, "
+                       r"got 16000\.5\.$"):
+        Resample(16000.5, 8000)  # type: ignore[arg-type]
+    assert Resample(48000, 44100)(torch.randn(1, 480)).shape == (1, 441)

@@ -11,10 +11,11 @@ from torch import Tensor, nn
 from .._checks import (
     check_choice,
     check_heads,
+    check_inputs,
     check_mask,
-    check_positive,
     check_probability,
     check_same_device,
+    check_size,
     check_tensor,
     format_shape,
     owner_name,
@@ -79,6 +80,12 @@ def _check_video_text(
                                           Dv=video_dim)
     lead = "B " if batched else ""
     batch = {"B": sizes["B"]} if batched else {}
+    if not batched and isinstance(text, Tensor) and text.dim() == 3:  # the video lost its batch
+        raise ShapeError(
+            f"{owner_name(owner)}: expected `video` of shape (B, T, H, W, Dv) with Dv={video_dim} "
+            f"like the batched `text` of shape {format_shape(text.shape)}, "
+            f"got {format_shape(video.shape)}."
+        )
     check_tensor(text, lead + "L D", owner=owner, arg="text", **cast(Any, batch), D=dim)
     check_same_device({"video": video, "text": text}, owner=owner)
     t, h, w = sizes["T"], sizes["H"], sizes["W"]
@@ -90,6 +97,8 @@ def _check_video_text(
                **batch, T=t, H=h, W=w)
     check_mask(text_mask, owner=owner, arg="text_mask", layout=lead + "L", device=video.device,
                **batch, L=text.shape[-2])
+    if isinstance(owner, nn.Module):
+        check_inputs(owner, {"video": video, "text": text})
     if not batched:  # add a batch of one: (1, T, H, W, Dv), (1, L, D), masks likewise
         video, text = video[None], text[None]
         video_mask = None if video_mask is None else video_mask[None]
@@ -130,7 +139,7 @@ class _PositionalEncoding3d(nn.Module):
         super().__init__()
         check_choice(kind, ("learned", "sinusoidal"), owner="SpatioTemporalAttention", arg="kind")
         for n in max_grid:
-            check_positive(n, owner="SpatioTemporalAttention", arg="max_grid")
+            check_size(n, owner="SpatioTemporalAttention", arg="max_grid")
         self.kind, self.dim, self.max_grid = kind, dim, tuple(int(n) for n in max_grid)
         self.tables = nn.ParameterList()
         if kind == "learned":
@@ -185,7 +194,7 @@ class _VideoTextAttention(nn.Module):
         super().__init__()
         check_heads(dim, num_heads, owner=self)
         if video_dim is not None:
-            check_positive(video_dim, owner=self, arg="video_dim")
+            check_size(video_dim, owner=self, arg="video_dim")
         check_probability(dropout, owner=self, arg="dropout")
         if pos_encoding is not None:
             check_choice(pos_encoding, ("learned", "sinusoidal"), owner=self, arg="pos_encoding")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_positive, owner_name
+from .._checks import check_choice, check_inputs, check_positive, owner_name
 from ..functional._contrastive_checks import _tile_size
 from ..functional.contrastive import _info_nce, _siglip
 
@@ -125,6 +125,9 @@ class InfoNCELoss(nn.Module):
 
     def forward(self, a: Tensor, b: Tensor, positives: Tensor | None = None,
                 weights: Tensor | None = None) -> Tensor:
+        # the loss computes in the embeddings' dtype; its scale must be on their device
+        check_inputs(self, {"a": a, "b": b, "positives": positives, "weights": weights},
+                     dtype=False)
         kw: dict[str, Any] = {
             "normalize": self.normalize, "positives": positives, "weights": weights,
             "label_smoothing": self.label_smoothing, "direction": self.direction,
@@ -218,6 +221,8 @@ class SigLIPLoss(nn.Module):
 
     def forward(self, a: Tensor, b: Tensor, positives: Tensor | None = None,
                 weights: Tensor | None = None) -> Tensor:
+        check_inputs(self, {"a": a, "b": b, "positives": positives, "weights": weights},
+                     dtype=False)
         return _siglip(a, b, self.scale, self.logit_bias, normalize=self.normalize,
                        positives=positives, weights=weights, chunk_size=self.chunk_size,
                        owner=self)

@@ -10,9 +10,11 @@ from torch import Tensor, nn
 
 from .._checks import (
     check_heads,
+    check_inputs,
     check_mask,
     check_positive,
     check_probability,
+    check_size,
     check_tensor,
     owner_name,
 )
@@ -97,7 +99,7 @@ class ModalityGraphAttention(nn.Module):
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
         check_heads(dim, num_heads, owner=self)
-        check_positive(num_layers, owner=self, arg="num_layers")
+        check_size(num_layers, owner=self, arg="num_layers")
         check_positive(negative_slope, owner=self, arg="negative_slope", allow_zero=True)
         check_probability(dropout, owner=self, arg="dropout")
         if adjacency is not None:
@@ -105,7 +107,7 @@ class ModalityGraphAttention(nn.Module):
                          **({} if num_nodes is None else {"K": num_nodes}))
             num_nodes = adjacency.shape[0]
         if num_nodes is not None:
-            check_positive(num_nodes, owner=self, arg="num_nodes")
+            check_size(num_nodes, owner=self, arg="num_nodes")
         if learn_adjacency and num_nodes is None:
             raise ValueError(
                 f"{owner_name(self)}: expected `num_nodes` (or `adjacency`) with "
@@ -168,6 +170,7 @@ class ModalityGraphAttention(nn.Module):
         else:
             check_mask(adjacency, owner=self, arg="adjacency", layout="K J", device=nodes.device,
                        K=k, J=k)
+        check_inputs(self, {"nodes": nodes})
         x = nodes if batched else nodes[None]  # (B, K, D)
         mask = node_mask if node_mask is None or batched else node_mask[None]  # (B, K)
         if mask is not None:  # missing nodes' values (even NaN) never enter the arithmetic

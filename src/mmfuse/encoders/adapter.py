@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_positive, format_shape
+from .._checks import check_choice, check_inputs, check_size, format_shape
 from ..errors import ShapeError
 
 __all__ = ["BackboneAdapter"]
@@ -68,9 +68,9 @@ class BackboneAdapter(nn.Module):
                 f"BackboneAdapter: expected `backbone` to be an nn.Module, got "
                 f"{type(backbone).__name__}."
             )
-        check_positive(feature_dim, owner=self, arg="feature_dim")
+        check_size(feature_dim, owner=self, arg="feature_dim")
         if out_dim is not None:
-            check_positive(out_dim, owner=self, arg="out_dim")
+            check_size(out_dim, owner=self, arg="out_dim")
         check_choice(pool, ("none", "mean", "first"), owner=self, arg="pool")
         self.backbone = backbone.to(**{k: v for k, v in dd.items() if v is not None})
         self.feature_dim = int(feature_dim)
@@ -104,6 +104,7 @@ class BackboneAdapter(nn.Module):
         return out
 
     def forward(self, x: Any, *args: Any, **kwargs: Any) -> Tensor:
+        check_inputs(self.backbone, {"x": x}, owner=self)  # a tensor input: the backbone's dtype
         if self.freeze:
             with torch.no_grad():
                 out = self.backbone(x, *args, **kwargs)
@@ -124,7 +125,10 @@ class BackboneAdapter(nn.Module):
             feats = feats.flatten(1, -2).mean(dim=1)  # (B, D)
         elif self.pool == "first" and feats.dim() > 2:
             feats = feats.flatten(1, -2)[:, 0]  # (B, D)
-        return feats if self.proj is None else self.proj(feats)
+        if self.proj is None:
+            return feats
+        check_inputs(self.proj, {"backbone output": feats}, owner=self)
+        return self.proj(feats)
 
     def extra_repr(self) -> str:
         return (f"feature_dim={self.feature_dim}, out_dim={self.out_dim}, freeze={self.freeze}, "

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive, check_tensor
+from .._checks import check_inputs, check_positive, check_size, check_tensor, format_shape
 from ..errors import ShapeError
 from ..functional.audio import log_mel_spectrogram, mel_filterbank
 from ._layers import ConvBlock
@@ -66,11 +66,12 @@ class AudioEncoder(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        for arg, v in (("out_dim", out_dim), ("sample_rate", sample_rate), ("n_mels", n_mels),
-                       ("n_fft", n_fft), ("width", width), ("depth", depth)):
-            check_positive(v, owner=self, arg=arg)
+        check_positive(sample_rate, owner=self, arg="sample_rate")
+        for arg, v in (("out_dim", out_dim), ("n_mels", n_mels), ("n_fft", n_fft),
+                       ("width", width), ("depth", depth)):
+            check_size(v, owner=self, arg=arg)
         if hop_length is not None:
-            check_positive(hop_length, owner=self, arg="hop_length")
+            check_size(hop_length, owner=self, arg="hop_length")
         self.out_dim, self.sample_rate, self.n_mels, self.n_fft = out_dim, sample_rate, n_mels, n_fft
         self.hop_length = hop_length or n_fft // 4
         self.width, self.depth, self.normalize = width, depth, normalize
@@ -96,6 +97,9 @@ class AudioEncoder(nn.Module):
     def log_mel(self, waveform: Tensor) -> Tensor:
         """(B, S) waveform to the (B, n_mels, frames) log-mel spectrogram the encoder uses."""
         sizes = check_tensor(waveform, "B S", owner=self, arg="audio")
+        if sizes["S"] == 0:
+            raise ShapeError(f"AudioEncoder: expected `audio` of shape (B, S) with S >= 1 "
+                             f"samples, got {format_shape(waveform.shape)}.")
         if sizes["B"] == 0:  # torch.stft rejects an empty batch; the result is simply empty
             return waveform.new_zeros(0, self.n_mels, 1 + sizes["S"] // self.hop_length)
         return log_mel_spectrogram(waveform, self.sample_rate, n_fft=self.n_fft,
@@ -105,9 +109,14 @@ class AudioEncoder(nn.Module):
     def forward_tokens(self, audio: Tensor) -> Tensor:
         """(B, N, D): one token per time step of the CNN's output grid."""
         if isinstance(audio, Tensor) and audio.dim() == 2:
+            check_inputs(self, {"audio": audio}, dtype=False)  # cast to the parameters' dtype
             spec = self.log_mel(audio)
         elif isinstance(audio, Tensor) and audio.dim() == 3:
             check_tensor(audio, "B F S", owner=self, arg="audio", F=self.n_mels)
+            if audio.shape[2] == 0:
+                raise ShapeError(f"AudioEncoder: expected `audio` of shape (B, F, S) with "
+                                 f"F={self.n_mels} and S >= 1 frames, got {format_shape(audio.shape)}.")
+            check_inputs(self, {"audio": audio}, dtype=False)
             spec = audio
         else:
             shape = tuple(audio.shape) if isinstance(audio, Tensor) else type(audio).__name__

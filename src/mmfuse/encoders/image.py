@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive, check_tensor
+from .._checks import check_inputs, check_size, check_tensor
 from ._layers import ConvBlock
 
 __all__ = ["ImageEncoder"]
@@ -51,7 +51,7 @@ class ImageEncoder(nn.Module):
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
         for arg, v in (("in_channels", in_channels), ("out_dim", out_dim), ("width", width),
                        ("depth", depth)):
-            check_positive(v, owner=self, arg=arg)
+            check_size(v, owner=self, arg=arg)
         self.in_channels, self.out_dim, self.width, self.depth = in_channels, out_dim, width, depth
         self.blocks = nn.Sequential(*[
             ConvBlock(in_channels if i == 0 else width, width, 1 if i == 0 else 2, **dd)
@@ -68,6 +68,7 @@ class ImageEncoder(nn.Module):
     def forward_tokens(self, images: Tensor) -> Tensor:
         """(B, N, D) tokens of the final feature grid, row-major."""
         check_tensor(images, "B C H W", owner=self, arg="images", C=self.in_channels)
+        check_inputs(self, {"images": images})
         grid = self.proj(self.blocks(images))  # (B, D, H', W')
         return grid.flatten(2).transpose(1, 2)  # (B, H'W', D)
 

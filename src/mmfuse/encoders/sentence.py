@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive
+from .._checks import check_size
 
 __all__ = ["SentenceEncoder"]
 
@@ -97,9 +97,9 @@ class SentenceEncoder(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_positive(feature_dim, owner=self, arg="feature_dim")
+        check_size(feature_dim, owner=self, arg="feature_dim")
         if out_dim is not None:
-            check_positive(out_dim, owner=self, arg="out_dim")
+            check_size(out_dim, owner=self, arg="out_dim")
         loaded = _load(os.fspath(model), device) if isinstance(model, (str, os.PathLike)) else model
         if not hasattr(loaded, "encode"):
             raise TypeError(

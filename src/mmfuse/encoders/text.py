@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_mask, check_positive, check_tensor
+from .._checks import check_inputs, check_mask, check_size, check_tensor
 from ._layers import TransformerBlock
 
 __all__ = ["ByteTokenizer", "TextEncoder", "TokenizedText"]
@@ -39,7 +39,7 @@ class ByteTokenizer:
     vocab_size = 256 + OFFSET
 
     def __init__(self, max_len: int = 128) -> None:
-        check_positive(max_len, owner="ByteTokenizer", arg="max_len")
+        check_size(max_len, owner="ByteTokenizer", arg="max_len")
         if max_len < 2:
             raise ValueError(f"ByteTokenizer: expected `max_len` >= 2, got {max_len}.")
         self.max_len = max_len
@@ -119,7 +119,7 @@ class TextEncoder(nn.Module):
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
         for arg, v in (("out_dim", out_dim), ("width", width), ("depth", depth),
                        ("num_heads", num_heads), ("max_len", max_len)):
-            check_positive(v, owner=self, arg=arg)
+            check_size(v, owner=self, arg=arg)
         if width % num_heads:
             raise ValueError(
                 f"TextEncoder: expected `width` divisible by num_heads={num_heads}, got {width}."
@@ -157,6 +157,7 @@ class TextEncoder(nn.Module):
                 f"got {sizes['L']}."
             )
         check_mask(mask, owner=self, arg="mask", device=ids.device, B=sizes["B"], N=sizes["L"])
+        check_inputs(self, {"ids": ids, "mask": mask})
         h = self.embed(ids) + self.pos[: sizes["L"]]  # (B, L, W)
         for block in self.blocks:
             h = block(h, mask)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive, check_tensor
+from .._checks import check_inputs, check_size, check_tensor
 from ..errors import ShapeError
 
 __all__ = ["VideoEncoder"]
@@ -51,7 +51,7 @@ class VideoEncoder(nn.Module):
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
         for arg, v in (("in_channels", in_channels), ("out_dim", out_dim),
                        ("patch_size", patch_size), ("mlp_ratio", mlp_ratio)):
-            check_positive(v, owner=self, arg=arg)
+            check_size(v, owner=self, arg=arg)
         self.in_channels, self.out_dim, self.patch_size = in_channels, out_dim, patch_size
         self.patch = nn.Conv2d(in_channels, out_dim, patch_size, stride=patch_size, **dd)
         self.norm = nn.LayerNorm(out_dim, **dd)
@@ -72,6 +72,7 @@ class VideoEncoder(nn.Module):
                 f"VideoEncoder: expected `video` of shape (B, T, C, H, W) with H and W multiples "
                 f"of patch_size={p}, got {tuple(video.shape)}."
             )
+        check_inputs(self, {"video": video})
         b, t = sizes["B"], sizes["T"]
         x = self.patch(video.flatten(0, 1))  # (B*T, D, H', W')
         x = x.reshape(b, t, *x.shape[1:]).permute(0, 1, 3, 4, 2)  # (B, T, H', W', D)

@@ -83,7 +83,26 @@ def _check_weights(weights: object, n: int, *, owner: object) -> tuple[Tensor | 
             f"{owner_name(owner)}: expected `weights` to be a floating or bool tensor, "
             f"got {weights.dtype}."
         )
+    if not torch.compiler.is_compiling() and weights.device.type != "meta":
+        _check_weight_values(weights, owner=owner)
     return weights, weights != 0
+
+
+def _check_weight_values(weights: Tensor, *, owner: object) -> None:
+    """Eager only (reads values): finite, non-negative, and not all zero. A negative or
+    non-finite weight, or a zero sum, makes the weighted mean meaningless (-inf, NaN, 1e34)."""
+    bad = ~torch.isfinite(weights) | (weights < 0)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"{owner_name(owner)}: expected `weights` finite and non-negative, "
+            f"got {float(weights[row])} at row {row}."
+        )
+    if weights.numel() and not bool((weights > 0).any()):
+        raise ValueError(
+            f"{owner_name(owner)}: expected `weights` with a positive sum, got all zeros "
+            f"(a bool mask of all False leaves every pair out instead)."
+        )
 
 
 def _tile_size(chunk_size: object, n_q: int, n_k: int, *, owner: object) -> int | None:

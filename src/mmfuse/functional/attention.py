@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import (
+    check_inputs,
     check_mask,
-    check_positive,
     check_probability,
     check_same_device,
+    check_size,
     check_tensor,
 )
 
@@ -86,6 +87,7 @@ def masked_attention(
     check_mask(key_mask, owner=owner, arg="key_mask", B=b, N=kn["N"], device=q.device)
     check_mask(query_mask, owner=owner, arg="query_mask", layout="B L", B=b, L=n["L"],
                device=q.device)
+    check_inputs(None, {"q": q, "k": k, "v": v}, owner=owner)
     attn_mask, has_key = _key_mask_for(key_mask)
     weights: Tensor | None = None
     if need_weights:
@@ -235,7 +237,7 @@ def sinusoidal_encoding_3d(
         - output: (t, h, w, dim)
     """
     owner = "sinusoidal_encoding_3d"
-    check_positive(dim, owner=owner, arg="dim")
+    check_size(dim, owner=owner, arg="dim")
     if not dtype.is_floating_point:
         raise TypeError(f"{owner}: expected a floating `dtype`, got {dtype}.")
     dev = torch.device("cpu") if device is None else device

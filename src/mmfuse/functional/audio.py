@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_positive, check_tensor, format_shape
+from .._checks import check_choice, check_positive, check_size, check_tensor, format_shape
 from ..errors import ShapeError
 
 __all__ = [
@@ -75,8 +75,9 @@ def mel_filterbank(
         (n_freqs, n_mels) weights; ``spec.transpose(-1, -2) @ fb`` maps (..., F, S) to mels.
     """
     owner = "mel_filterbank"
-    for name, value in (("n_freqs", n_freqs), ("n_mels", n_mels), ("sample_rate", sample_rate)):
-        check_positive(value, owner=owner, arg=name)
+    for name, value in (("n_freqs", n_freqs), ("n_mels", n_mels)):
+        check_size(value, owner=owner, arg=name)
+    check_positive(sample_rate, owner=owner, arg="sample_rate")
     check_choice(mel_scale, ("htk", "slaney"), owner=owner, arg="mel_scale")
     check_choice(norm, (None, "slaney"), owner=owner, arg="norm")
     f_max = sample_rate / 2 if f_max is None else f_max
@@ -130,16 +131,19 @@ def spectrogram(
     """
     owner = "spectrogram"
     _check_waveform(waveform, owner)
-    check_positive(n_fft, owner=owner, arg="n_fft")
+    check_size(n_fft, owner=owner, arg="n_fft")
     check_positive(power, owner=owner, arg="power")
     for arg, value in (("hop_length", hop_length), ("win_length", win_length)):
         if value is not None:  # 0 used to fall back to the default silently
-            check_positive(value, owner=owner, arg=arg)
+            check_size(value, owner=owner, arg=arg)
     hop = hop_length or n_fft // 4
     win = win_length or n_fft
     if win > n_fft:
         raise ValueError(f"{owner}: expected `win_length` <= n_fft={n_fft}, got {win}.")
     lead = waveform.shape[:-1]
+    if lead.numel() == 0:  # an empty batch: torch.stft rejects it; the result is simply empty
+        frames = 1 + waveform.shape[-1] // hop if center else 1 + (waveform.shape[-1] - n_fft) // hop
+        return waveform.new_zeros(*lead, n_fft // 2 + 1, max(frames, 0))
     x = waveform.reshape(-1, waveform.shape[-1])  # (N, S)
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
     window = torch.hann_window(win, periodic=True, dtype=work.dtype, device=work.device)
@@ -189,7 +193,7 @@ def dct_matrix(n_out: int, n_in: int, *, dtype: torch.dtype | None = None,
                device: torch.device | str | None = None) -> Tensor:
     """Orthonormal DCT-II as an (n_in, n_out) matrix: ``x @ D`` transforms the last dim."""
     for arg, value in (("n_out", n_out), ("n_in", n_in)):
-        check_positive(value, owner="dct_matrix", arg=arg)
+        check_size(value, owner="dct_matrix", arg=arg)
     n = torch.arange(n_in, dtype=torch.float64)
     k = torch.arange(n_out, dtype=torch.float64)
     d = torch.cos(math.pi / n_in * (n[:, None] + 0.5) * k[None, :])  # (n_in, n_out)
@@ -216,7 +220,7 @@ def mfcc(
         - waveform: (..., S)
         - output: (..., n_mfcc, frames)
     """
-    check_positive(n_mfcc, owner="mfcc", arg="n_mfcc")
+    check_size(n_mfcc, owner="mfcc", arg="n_mfcc")
     if n_mfcc > n_mels:
         raise ValueError(f"mfcc: expected `n_mfcc` <= n_mels={n_mels}, got {n_mfcc}.")
     logmel = log_mel_spectrogram(waveform, sample_rate, n_fft=n_fft, hop_length=hop_length,

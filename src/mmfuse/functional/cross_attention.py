@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_mask, check_tensor
+from .._checks import check_inputs, check_mask, check_tensor
 
 __all__ = ["masked_cross_attention", "masked_mean"]
 
@@ -34,6 +34,7 @@ def masked_cross_attention(
     kn = check_tensor(key, "B H N d", owner=owner, arg="key", B=n["B"], H=n["H"], d=n["d"])
     check_tensor(value, "B H N e", owner=owner, arg="value", B=n["B"], H=n["H"], N=kn["N"])
     check_mask(key_mask, owner=owner, arg="key_mask", B=n["B"], N=kn["N"], device=query.device)
+    check_inputs(None, {"query": query, "key": key, "value": value}, owner=owner)
     has_key = key_mask.any(dim=-1)  # (B,)
     safe = key_mask | ~has_key.unsqueeze(-1)  # (B, Nk): empty rows attend to everything
     out = F.scaled_dot_product_attention(

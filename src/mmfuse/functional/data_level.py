@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_choice, check_positive, check_same_device, check_tensor
+from .._checks import check_choice, check_same_device, check_size, check_tensor
 
 __all__ = [
     "ALIGN_MODES",
@@ -86,7 +86,7 @@ def spectrogram_to_grid(aligned: Tensor, height: int, width: int, mode: str = "b
     check_choice(mode, GRID_MODES, owner=owner, arg="mode")
     check_tensor(aligned, "B T K", owner=owner, arg="aligned", floating=None)
     for arg, size in (("height", height), ("width", width)):
-        check_positive(size, owner=owner, arg=arg)
+        check_size(size, owner=owner, arg=arg)
     b, t, k = aligned.shape
     if mode == "broadcast":
         return aligned[..., None, None].expand(b, t, k, height, width)

@@ -22,6 +22,7 @@ from .._checks import (
     check_positive,
     check_probability,
     check_same_device,
+    check_size,
     check_tensor,
 )
 
@@ -245,6 +246,7 @@ def signed_sqrt(x: Tensor, eps: float = 1e-6) -> Tensor:
     derivative at 0 is the true one, ``1 / (2 sqrt(eps))``, instead of the plain signed square
     root's infinity. ``eps`` must be positive.
     """
+    check_floating(x, owner="signed_sqrt", arg="x")
     return x / ((x.abs() + eps).sqrt() + math.sqrt(eps))
 
 
@@ -272,7 +274,7 @@ def bilinear_pool(
     batch = _check_sequence(projections, owner=owner, arg="projections", same_size=True)
     check_mask(observed, owner=owner, arg="observed", layout="B M", B=batch,
                M=len(projections), device=projections[0].device)
-    check_positive(rank, owner=owner, arg="rank")
+    check_size(rank, owner=owner, arg="rank")
     if not isinstance(rank, int):
         raise TypeError(f"{owner}: expected `rank` to be a positive int, got {rank!r}.")
     if projections[0].shape[1] % rank:

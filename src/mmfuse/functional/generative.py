@@ -26,6 +26,7 @@ from .._checks import (
     check_like,
     check_positive,
     check_same_device,
+    check_size,
     check_tensor,
 )
 
@@ -66,14 +67,22 @@ def _sqrt(a: Tensor | float) -> Tensor | float:
 def _check_alpha(a: object, like: Tensor, batch: int, *, owner: str, arg: str,
                  like_arg: str = "x0") -> None:
     """A signal level: a Python number, a 0-d tensor or a (B,) floating tensor on ``like``'s
-    device."""
+    device, with values in (0, 1] (tensor values checked in eager mode only)."""
     if isinstance(a, (int, float)) and not isinstance(a, bool):
+        if not 0 < a <= 1:  # NaN fails too
+            raise ValueError(f"{owner}: expected `{arg}` in (0, 1], got {a!r}.")
         return
     if isinstance(a, Tensor) and a.dim() == 0:
         check_tensor(a, "", owner=owner, arg=arg)
     else:
         check_tensor(a, "B", owner=owner, arg=arg, B=batch)
-    check_same_device({like_arg: like, arg: cast(Tensor, a)}, owner=owner)
+    t = cast(Tensor, a)
+    check_same_device({like_arg: like, arg: t}, owner=owner)
+    if not torch.compiler.is_compiling() and t.device.type != "meta":
+        bad = ~((t > 0) & (t <= 1))
+        if bool(bad.any()):
+            got = float(t.reshape(-1)[bad.reshape(-1).nonzero()[0, 0]])
+            raise ValueError(f"{owner}: expected `{arg}` in (0, 1], got {got}.")
 
 
 def _check_pair(x: object, y: object, alpha_bar: object, *, owner: str, x_arg: str,
@@ -98,7 +107,7 @@ def linear_beta_schedule(
     ``beta_start`` and ``beta_end`` must lie in (0, 1) with ``beta_start <= beta_end``.
     """
     owner = "linear_beta_schedule"
-    check_positive(num_steps, owner=owner, arg="num_steps")
+    check_size(num_steps, owner=owner, arg="num_steps")
     check_interval(beta_start, 0.0, 1.0, owner=owner, arg="beta_start")
     check_interval(beta_end, 0.0, 1.0, owner=owner, arg="beta_end")
     if beta_start > beta_end:
@@ -118,7 +127,7 @@ def cosine_beta_schedule(num_steps: int, s: float = 0.008, max_beta: float = 0.9
     ``beta[t] = 1 - alpha_bar(t + 1) / alpha_bar(t)``, so ``alphas_cumprod(beta)[t]`` is
     ``alpha_bar(t + 1)`` wherever no clipping happened. Returns float64 of shape (num_steps,).
     """
-    check_positive(num_steps, owner="cosine_beta_schedule", arg="num_steps")
+    check_size(num_steps, owner="cosine_beta_schedule", arg="num_steps")
     steps = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
     f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
     abar = f / f[0]
@@ -313,7 +322,7 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     Shape: t: (B,); output: (B, dim)
     """
     check_tensor(t, "B", owner="timestep_embedding", arg="t", floating=None)
-    check_positive(dim, owner="timestep_embedding", arg="dim")
+    check_size(dim, owner="timestep_embedding", arg="dim")
     check_positive(max_period, owner="timestep_embedding", arg="max_period")
     half = dim // 2
     k = torch.arange(half, device=t.device, dtype=torch.float32)

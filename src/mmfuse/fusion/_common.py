@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from .._checks import (
     check_dims,
     check_features,
-    check_positive,
+    check_inputs,
     check_presence,
+    check_size,
     owner_name,
     presence_matrix,
 )
@@ -53,8 +54,7 @@ def check_config(
             f"{owner_name(owner)}: expected `dims` to name at least {min_modalities} "
             f"modalities{why}, got {list(checked)}."
         )
-    check_positive(out_dim, owner=owner, arg="out_dim")
-    return checked, int(cast(int, out_dim))
+    return checked, check_size(out_dim, owner=owner, arg="out_dim")
 
 
 def observe(
@@ -65,11 +65,15 @@ def observe(
     *,
     arg: str = "features",
     layout: str = "B D",
+    dtype: bool = True,
 ) -> Observed:
-    """Validate ``features``/``present`` and return the batch size and presence."""
+    """Validate ``features``/``present`` (shapes, then dtype and device against ``owner``'s
+    parameters; ``dtype=False`` checks devices only) and return the batch size and presence."""
     batch = check_features(features, dims, owner=owner, arg=arg, layout=layout, allow_missing=True)
     ref = next(features[m] for m in dims if m in features)
     check_presence(present, dims, batch, owner=owner, device=ref.device)
+    if isinstance(owner, nn.Module):
+        check_inputs(owner, {arg: features}, dtype=dtype)
     observed = presence_matrix(features, present, list(dims), batch, ref.device)  # (B, M)
     given = [m in features and (present is None or m not in present) for m in dims]
     return Observed(batch, ref, observed, given)

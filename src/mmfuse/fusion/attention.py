@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive
+from .._checks import check_size
 from ..functional import attention_fusion
 from ._common import check_config, observe_zero_filled
 
@@ -71,7 +71,7 @@ class AttentionFusion(nn.Module):
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
         self.dims, self.out_dim = check_config(self, dims, out_dim)
         if hidden is not None:
-            check_positive(hidden, owner=self, arg="hidden")
+            check_size(hidden, owner=self, arg="hidden")
         self.hidden = hidden
         self.proj = nn.ModuleDict({m: nn.Linear(d, out_dim, **dd) for m, d in self.dims.items()})
         if hidden is None:

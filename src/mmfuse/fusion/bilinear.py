@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive, check_probability
+from .._checks import check_positive, check_probability, check_size
 from ..functional.feature_fusion import _bilinear_pool
 from ._common import check_config, observe_zero_filled
 
@@ -61,7 +61,7 @@ class BilinearFusion(nn.Module):
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
         self.dims, self.out_dim = check_config(self, dims, out_dim)
-        check_positive(rank, owner=self, arg="rank")
+        check_size(rank, owner=self, arg="rank")
         check_probability(dropout, owner=self, arg="dropout")
         check_positive(eps, owner=self, arg="eps")
         self.rank = int(rank)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_dims, check_positive
+from .._checks import check_dims, check_size
 from ..functional import fill_absent
 from ._common import observe
 
@@ -48,7 +48,7 @@ class ConcatFusion(nn.Module):
         self.dims = check_dims(dims, owner=self)
         total = sum(self.dims.values())
         if out_dim is not None:
-            check_positive(out_dim, owner=self, arg="out_dim")
+            check_size(out_dim, owner=self, arg="out_dim")
         self.out_dim = total if out_dim is None else int(out_dim)
         self.missing = nn.ParameterDict(
             {m: nn.Parameter(torch.empty(d, **dd)) for m, d in self.dims.items()}
@@ -65,7 +65,8 @@ class ConcatFusion(nn.Module):
     def forward(
         self, features: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None
     ) -> Tensor:
-        obs = observe(self, self.dims, features, present)
+        # without a projection the output follows the inputs' dtype (concatenation promotes)
+        obs = observe(self, self.dims, features, present, dtype=self.proj is not None)
         if obs.all_given:  # nothing absent: no filling needed
             z = torch.cat([features[m] for m in self.dims], dim=-1)  # (B, sum D_m)
             return z if self.proj is None else self.proj(z)

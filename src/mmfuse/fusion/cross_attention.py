@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_heads, check_mask, check_positive, check_probability
+from .._checks import check_heads, check_mask, check_probability, check_size
 from ..errors import ModalityError
 from ..functional import masked_cross_attention, masked_mean
 from ._common import check_config, observe
@@ -124,7 +124,7 @@ class CrossAttentionFusion(nn.Module):
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
         self.dims, self.out_dim = check_config(self, dims, out_dim, min_modalities=2)
         check_heads(out_dim, num_heads, owner=self, arg="out_dim")
-        check_positive(depth, owner=self, arg="depth")
+        check_size(depth, owner=self, arg="depth")
         check_probability(dropout, owner=self, arg="dropout")
         self.num_heads = int(num_heads)
         self.depth = int(depth)

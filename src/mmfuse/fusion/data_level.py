@@ -8,7 +8,7 @@ import einops
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_positive, check_same_device, check_tensor
+from .._checks import check_choice, check_inputs, check_same_device, check_size, check_tensor
 from ..errors import ShapeError
 from ..functional.data_level import (
     ALIGN_MODES,
@@ -90,8 +90,8 @@ class DataLevelFusion(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        check_positive(channels, owner=self, arg="channels")
-        check_positive(freq_bins, owner=self, arg="freq_bins")
+        check_size(channels, owner=self, arg="channels")
+        check_size(freq_bins, owner=self, arg="freq_bins")
         check_choice(align, ALIGN_MODES, owner=self, arg="align")
         check_choice(audio, _AUDIO_MODES, owner=self, arg="audio")
         if audio == "project":
@@ -99,15 +99,17 @@ class DataLevelFusion(nn.Module):
                 raise ValueError(
                     "DataLevelFusion: expected `audio_channels` (k) with audio='project', got None."
                 )
-            check_positive(audio_channels, owner=self, arg="audio_channels")
+            check_size(audio_channels, owner=self, arg="audio_channels")
         elif audio_channels is not None:
             raise ValueError(
                 f"DataLevelFusion: expected `audio_channels` only with audio='project', got "
                 f"audio_channels={audio_channels!r} with audio={audio!r}."
             )
         try:
+            if not isinstance(layout, str) or "->" in layout:  # only the output side is taken
+                raise TypeError(layout)
             einops.rearrange(torch.empty(1, 2, 3, 4, 5), f"b t c h w -> {layout}")
-        except (einops.EinopsError, TypeError) as exc:
+        except (einops.EinopsError, TypeError, ValueError) as exc:
             raise ValueError(
                 f"DataLevelFusion: expected `layout` to be an einops pattern over the axes "
                 f"b t c h w, e.g. 'b h w c t', got {layout!r}."
@@ -181,7 +183,11 @@ class DataLevelFusion(nn.Module):
                 )
         check_same_device({"frames": frames, "spectrogram": spectrogram, "frame_times": f_times,
                            "spectrogram_times": s_times}, owner=self)
-        if self.validate_times and not torch.compiler.is_compiling():
+        # the projection needs the frames' dtype; a meta tensor has no times to read
+        check_inputs(self, {"frames": frames}, dtype=self.proj is not None)
+        if self.validate_times and not torch.compiler.is_compiling() and (
+            f_times.device.type != "meta"
+        ):
             self._check_time_values(f_times, s_times)
         aligned = align_to_times(spectrogram.to(frames.dtype), s_times, f_times, self.align)
         if self.proj is not None:  # (B, T, F) -> (B, T, k)

@@ -12,8 +12,10 @@ from torch import Tensor, nn
 from .._checks import (
     check_choice,
     check_features,
+    check_inputs,
     check_positive,
     check_presence,
+    check_size,
     check_tensor,
     owner_name,
     presence_matrix,
@@ -117,11 +119,17 @@ class DecisionFusion(nn.Module):
                 f"DecisionFusion: expected `modalities` to be a non-empty sequence of names, "
                 f"got {modalities!r}."
             )
-        names = [str(m) for m in modalities]
+        for m in modalities:
+            if not isinstance(m, str) or not m:
+                raise TypeError(
+                    f"DecisionFusion: modality names in `modalities` must be non-empty str, "
+                    f"got {m!r}."
+                )
+        names = list(modalities)
         if len(set(names)) != len(names):
             raise ValueError(f"DecisionFusion: expected distinct `modalities`, got {names}.")
-        check_positive(num_classes, owner=self, arg="num_classes")
-        if not isinstance(num_classes, int) or num_classes < 2:
+        check_size(num_classes, owner=self, arg="num_classes")
+        if num_classes < 2:
             raise ValueError(
                 f"DecisionFusion: expected `num_classes` to be an int >= 2, got {num_classes!r}."
             )
@@ -187,6 +195,7 @@ class DecisionFusion(nn.Module):
                                layout="B C", allow_missing=True)
         ref = next(predictions[m] for m in self.modalities if m in predictions)
         check_presence(present, self.dims, batch, owner=self, device=ref.device)
+        check_inputs(self, {"predictions": predictions}, dtype=False)  # computes in any dtype
         observed = presence_matrix(predictions, present, self.modalities, batch, ref.device)
         zero = ref.new_zeros(())
         stacked = torch.stack(

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive
+from .._checks import check_size
 from ..functional.feature_fusion import _low_rank_tensor_fusion
 from ._common import check_config, observe_zero_filled
 
@@ -58,7 +58,7 @@ class LowRankTensorFusion(nn.Module):
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
         self.dims, self.out_dim = check_config(self, dims, out_dim)
-        check_positive(rank, owner=self, arg="rank")
+        check_size(rank, owner=self, arg="rank")
         self.rank = int(rank)
         self.factors = nn.ParameterDict(
             {m: nn.Parameter(torch.empty(rank, d + 1, out_dim, **dd)) for m, d in self.dims.items()}

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive
+from .._checks import check_size
 from ..functional import tensor_fusion
 from ._common import check_config, observe_zero_filled
 
@@ -58,7 +58,7 @@ class TensorFusion(nn.Module):
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
         self.dims, self.out_dim = check_config(self, dims, out_dim)
-        check_positive(max_fused_size, owner=self, arg="max_fused_size")
+        check_size(max_fused_size, owner=self, arg="max_fused_size")
         self.fused_size = math.prod(d + 1 for d in self.dims.values())
         if self.fused_size > max_fused_size:
             sizes = " * ".join(f"({d}+1)" for d in self.dims.values())

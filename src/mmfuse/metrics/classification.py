@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_same_device, check_tensor
+from .._checks import check_choice, check_has_values, check_same_device, check_tensor
 
 __all__ = ["accuracy", "f1_score"]
 
@@ -17,6 +17,7 @@ def _labels(pred: Tensor, target: Tensor, *, owner: str) -> tuple[Tensor, Tensor
     n = pred.shape[0]
     check_tensor(target, "N", owner=owner, arg="target", floating=None, N=n)
     check_same_device({"pred": pred, "target": target}, owner=owner)
+    check_has_values(pred, owner=owner, arg="pred")
     if pred.dim() == 2:
         pred = pred.argmax(1)
     if pred.is_floating_point() or target.is_floating_point():

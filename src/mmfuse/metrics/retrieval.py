@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import check_same_device, check_tensor, format_shape, owner_name
+from .._checks import check_has_values, check_same_device, check_tensor, format_shape, owner_name
 
 __all__ = ["RetrievalMetrics", "retrieval_metrics"]
 
@@ -131,9 +131,12 @@ def retrieval_metrics(
         m = check_tensor(gallery, "M D", owner=owner, arg="gallery", D=sizes["D"])["M"]
         n = sizes["N"]
         check_same_device({"query": query, "gallery": gallery}, owner=owner)
+        work = torch.promote_types(query.dtype, gallery.dtype)  # e.g. float32 with float64
+        query, gallery = query.to(work), gallery.to(work)
         if normalize:
             query = query / query.norm(dim=1, keepdim=True).clamp_min(1e-12)
             gallery = gallery / gallery.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    check_has_values(query, owner=owner, arg="query")
     if n == 0 or m == 0:
         raise ValueError(f"{owner}: expected at least one query and one gallery item, got N={n}, M={m}.")
     relevance = _relevance(positives, n, m, owner=owner)
@@ -198,6 +201,8 @@ class RetrievalMetrics:
         if self._query:  # every update must match the first one's embedding size
             d = check_tensor(query, "N D", owner=owner, arg="query", D=self._query[0].shape[1])["D"]
         check_tensor(gallery, "M D", owner=owner, arg="gallery", D=d)
+        check_has_values(query, owner=owner, arg="query")
+        check_has_values(gallery, owner=owner, arg="gallery")
         labelled = query_labels is not None or gallery_labels is not None
         if labelled and (query_labels is None or gallery_labels is None):
             raise ValueError(

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_positive, format_shape, owner_name
+from .._checks import check_inputs, check_positive, check_size, format_shape, owner_name
 from ..errors import ShapeError
 from ..functional import dct_matrix, log_mel_spectrogram, mel_filterbank
 
@@ -71,11 +71,12 @@ class LogMelSpectrogram(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("sample_rate", sample_rate), ("n_fft", n_fft), ("n_mels", n_mels),
-                            ("eps", eps)):
+        for name, value in (("sample_rate", sample_rate), ("eps", eps)):
             check_positive(value, owner=self, arg=name)
+        for name, value in (("n_fft", n_fft), ("n_mels", n_mels)):
+            check_size(value, owner=self, arg=name)
         if hop_length is not None:
-            check_positive(hop_length, owner=self, arg="hop_length")
+            check_size(hop_length, owner=self, arg="hop_length")
         self.sample_rate = int(sample_rate)
         self.n_fft = int(n_fft)
         self.hop_length = int(hop_length or n_fft // 4)
@@ -90,6 +91,7 @@ class LogMelSpectrogram(nn.Module):
 
     def forward(self, waveform: Tensor) -> Tensor:
         _check_waveform(waveform, self)
+        check_inputs(self, {"waveform": waveform}, dtype=False)  # filterbank cast to its dtype
         if waveform.shape[:-1].numel() == 0:  # an empty batch: torch.stft rejects it
             frames = 1 + waveform.shape[-1] // self.hop_length
             return waveform.new_zeros(*waveform.shape[:-1], self.n_mels, frames)
@@ -156,7 +158,7 @@ class MFCC(LogMelSpectrogram):
         super().__init__(sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
                          f_min=f_min, f_max=f_max, eps=eps, mel_scale=mel_scale,
                          device=device, dtype=dtype)
-        check_positive(n_mfcc, owner=self, arg="n_mfcc")
+        check_size(n_mfcc, owner=self, arg="n_mfcc")
         if n_mfcc > n_mels:
             raise ValueError(f"MFCC: expected `n_mfcc` <= n_mels={n_mels}, got {n_mfcc}.")
         self.n_mfcc = int(n_mfcc)
@@ -195,9 +197,7 @@ def resample(waveform: Tensor, orig_freq: int, new_freq: int, *,
         - waveform: (..., S) floating
         - output: (..., ceil(S * new_freq / orig_freq))
     """
-    for name, value in (("orig_freq", orig_freq), ("new_freq", new_freq),
-                        ("lowpass_filter_width", lowpass_filter_width), ("rolloff", rolloff)):
-        check_positive(value, owner="resample", arg=name)
+    _check_resample_config(orig_freq, new_freq, lowpass_filter_width, rolloff, "resample")
     _check_waveform(waveform, "resample")
     if orig_freq == new_freq:
         return waveform
@@ -237,9 +237,7 @@ class Resample(nn.Module):
     def __init__(self, orig_freq: int, new_freq: int, *, lowpass_filter_width: int = 6,
                  rolloff: float = 0.99) -> None:
         super().__init__()
-        for name, value in (("orig_freq", orig_freq), ("new_freq", new_freq),
-                            ("lowpass_filter_width", lowpass_filter_width), ("rolloff", rolloff)):
-            check_positive(value, owner=self, arg=name)
+        _check_resample_config(orig_freq, new_freq, lowpass_filter_width, rolloff, self)
         self.orig_freq, self.new_freq = int(orig_freq), int(new_freq)
         self.lowpass_filter_width, self.rolloff = int(lowpass_filter_width), float(rolloff)
 
@@ -250,6 +248,31 @@ class Resample(nn.Module):
 
     def extra_repr(self) -> str:
         return f"orig_freq={self.orig_freq}, new_freq={self.new_freq}"
+
+
+#: The most taps (output phases x kernel length) :func:`resample` builds: about 16 MB in float32.
+#: Rates whose reduced ratio needs more (two large coprime rates) are refused with a message.
+MAX_RESAMPLE_TAPS = 1 << 22
+
+
+def _check_resample_config(orig_freq: Any, new_freq: Any, lowpass_filter_width: Any,
+                           rolloff: Any, owner: object) -> None:
+    for name, value in (("orig_freq", orig_freq), ("new_freq", new_freq),
+                        ("lowpass_filter_width", lowpass_filter_width)):
+        check_size(value, owner=owner, arg=name)
+    check_positive(rolloff, owner=owner, arg="rolloff")
+    if rolloff > 1:
+        raise ValueError(f"{owner_name(owner)}: expected `rolloff` in (0, 1], got {rolloff!r}.")
+    g = math.gcd(orig_freq, new_freq)
+    orig, new = orig_freq // g, new_freq // g
+    width = math.ceil(lowpass_filter_width * orig / (min(orig, new) * rolloff))
+    taps = new * (2 * width + orig)
+    if taps > MAX_RESAMPLE_TAPS:
+        raise ValueError(
+            f"{owner_name(owner)}: resampling {orig_freq} -> {new_freq} Hz reduces to the ratio "
+            f"{new}/{orig}, whose sinc kernel needs {taps} taps (at most {MAX_RESAMPLE_TAPS}); "
+            f"choose rates with a larger common divisor or resample in two steps."
+        )
 
 
 def _check_waveform(waveform: Any, owner: object) -> None:
@@ -299,14 +322,17 @@ class ResizeFrames(nn.Module):
         if len(size) != 2:
             raise ValueError(f"ResizeFrames: expected `size` as (height, width), got {size!r}.")
         for s in size:
-            check_positive(s, owner=self, arg="size")
+            check_size(s, owner=self, arg="size")
         self.size = (int(size[0]), int(size[1]))
         self.antialias = antialias
 
     def forward(self, frames: Tensor) -> Tensor:
         x = _frames_float(frames, self)
         lead = x.shape[:-3]
-        flat = x.reshape(-1, *x.shape[-3:])  # (N, C, H, W)
+        if lead.numel() == 0 or x.shape[-3] == 0:  # nothing to resize: interpolate rejects it
+            return x.new_zeros(*x.shape[:-2], *self.size).to(
+                torch.uint8 if frames.dtype == torch.uint8 else x.dtype)
+        flat = x.reshape(lead.numel(), *x.shape[-3:])  # (N, C, H, W)
         work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
         out = F.interpolate(work, size=self.size, mode="bilinear", align_corners=False,
                             antialias=self.antialias)

@@ -46,5 +46,5 @@ def test_augmentation_gradcheck_and_errors() -> None:
     assert torch.autograd.gradcheck(lambda x: ca(x, z).kl, (c,))
     with pytest.raises(ShapeError, match=r"ConditioningAugmentation: expected `cond` of shape \(B, D\) with D=3, got \(2, 4\)"):
         ca(torch.randn(2, 4, dtype=torch.float64))
-    with pytest.raises(ValueError, match="ConditioningAugmentation: expected `out_dim` to be a positive number, got 0"):
+    with pytest.raises(ValueError, match="ConditioningAugmentation: expected `out_dim` to be a positive int, got 0"):
         ConditioningAugmentation(3, 0)

@@ -329,7 +329,7 @@ def test_boundary_checks_of_kl_embedding_and_schedule() -> None:
     with pytest.raises(ShapeError, match=r"^gaussian_kl: expected `logvar` of shape \(B, D\) with "
                        r"B=3, D=2, got \(3, 4\)\.$"):
         gaussian_kl(torch.randn(3, 2), torch.randn(3, 4))
-    with pytest.raises(ValueError, match=r"^timestep_embedding: expected `dim` to be a positive number, got 0\.$"):
+    with pytest.raises(ValueError, match=r"^timestep_embedding: expected `dim` to be a positive int, got 0\.$"):
         timestep_embedding(torch.arange(3), 0)
     with pytest.raises(ShapeError, match=r"^timestep_embedding: expected `t` of shape \(B,\), got \(3, 2\)\.$"):
         timestep_embedding(torch.zeros(3, 2), 8)

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..._checks import check_positive, check_tensor
+from ..._checks import check_inputs, check_size, check_tensor
 from ...functional import gaussian_kl, reparameterize
 
 __all__ = ["AugmentedCondition", "ConditioningAugmentation"]
@@ -63,8 +63,8 @@ class ConditioningAugmentation(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        check_positive(in_dim, owner=self, arg="in_dim")
-        check_positive(out_dim, owner=self, arg="out_dim")
+        check_size(in_dim, owner=self, arg="in_dim")
+        check_size(out_dim, owner=self, arg="out_dim")
         self.in_dim, self.out_dim = int(in_dim), int(out_dim)
         self.proj = nn.Linear(in_dim, 2 * out_dim, **dd)
         self.reset_parameters()
@@ -76,6 +76,7 @@ class ConditioningAugmentation(nn.Module):
         batch = check_tensor(cond, "B D", owner=self, arg="cond", D=self.in_dim)["B"]
         if noise is not None:
             check_tensor(noise, "B E", owner=self, arg="noise", B=batch, E=self.out_dim)
+        check_inputs(self, {"cond": cond, "noise": noise})
         mean, logvar = self.proj(cond).chunk(2, dim=-1)  # (B, E) each
         logvar = logvar.clamp(-30.0, 20.0)
         if noise is None and self.training:

@@ -11,8 +11,10 @@ from torch import Tensor, nn
 from ..._checks import (
     check_dims,
     check_features,
+    check_inputs,
     check_positive,
     check_presence,
+    check_size,
     check_tensor,
     owner_name,
 )
@@ -73,11 +75,11 @@ class ConditionEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        check_positive(out_dim, owner=self, arg="out_dim")
+        check_size(out_dim, owner=self, arg="out_dim")
         for arg, value in (("num_classes", num_classes), ("style_dim", style_dim),
                            ("hidden_dim", hidden_dim)):
             if value is not None:
-                check_positive(value, owner=self, arg=arg)
+                check_size(value, owner=self, arg=arg)
         check_positive(cond_dropout, owner=self, arg="cond_dropout", allow_zero=True)
         if cond_dropout >= 1:
             raise ValueError(
@@ -165,8 +167,12 @@ class ConditionEmbedding(nn.Module):
             raise TypeError(
                 f"{name}: expected at least one of `labels`, `style`, `features`, got none."
             )
+        check_inputs(self, {"style": style, "features": features})
         ref = self.null
         device = ref.device
+        if labels is not None and labels.device.type == "meta" and device.type != "meta":
+            raise ValueError(f"{name}: expected `labels` with values to embed on {device}, got a "
+                             f"tensor on the meta device.")
         if labels is not None and self.label_embed is not None:
             given[LABEL] = self.label_embed(labels.to(device))
         if style is not None and self.style_proj is not None:

@@ -8,7 +8,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..._checks import check_choice, check_positive, check_tensor
+from ..._checks import (
+    check_choice,
+    check_inputs,
+    check_positive,
+    check_same_device,
+    check_size,
+    check_tensor,
+)
 from ...functional import gaussian_kl, reparameterize
 from ._common import check_loss_batch, check_target, draw_normal
 from ._common import target_shape as _target_shape
@@ -107,9 +114,9 @@ class CVAEHead(nn.Module):
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
         self.target_shape = shape = _target_shape(target_shape, owner=self)
-        check_positive(cond_dim, owner=self, arg="cond_dim")
-        check_positive(latent_dim, owner=self, arg="latent_dim")
-        check_positive(hidden_dim, owner=self, arg="hidden_dim")
+        check_size(cond_dim, owner=self, arg="cond_dim")
+        check_size(latent_dim, owner=self, arg="latent_dim")
+        check_size(hidden_dim, owner=self, arg="hidden_dim")
         check_positive(obs_sigma, owner=self, arg="obs_sigma")
         check_choice(prior, PRIORS, owner=self, arg="prior")
         if decoder is not None and not isinstance(decoder, nn.Module):
@@ -151,6 +158,7 @@ class CVAEHead(nn.Module):
     def prior_params(self, cond: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of p(z|c), each (B, L)."""
         self._check_cond(cond)
+        check_inputs(self, {"cond": cond})
         if self.prior_net is None:
             zeros = cond.new_zeros(cond.shape[0], self.latent_dim)
             return zeros, zeros
@@ -169,6 +177,7 @@ class CVAEHead(nn.Module):
         self._check_cond(cond, batch)
         if noise is not None:
             check_tensor(noise, "B L", owner=self, arg="noise", B=batch, L=self.latent_dim)
+        check_inputs(self, {"x": x, "cond": cond, "noise": noise})
         h = self.encoder(torch.cat([x.reshape(batch, self.numel), cond], dim=-1))  # (B, 2L)
         mean, logvar = h.chunk(2, dim=-1)
         logvar = logvar.clamp(-30.0, 20.0)
@@ -217,6 +226,7 @@ class CVAEHead(nn.Module):
                                 generator=generator)
         else:
             check_tensor(noise, "B L", owner=self, arg="noise", B=batch, L=self.latent_dim)
+            check_same_device({"cond": cond, "noise": noise}, owner=self)  # cast to cond's dtype
         pmean, plogvar = self.prior_params(cond)
         z = reparameterize(pmean, plogvar, temperature * noise.to(cond.dtype))
         return self.decode(z, cond)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..._checks import check_choice, check_positive, check_tensor, owner_name
+from ..._checks import check_choice, check_inputs, check_size, check_tensor, owner_name
 from ._common import ModulatedConvBlock, norm_groups, target_shape
 
 __all__ = ["ConditionalDecoder"]
@@ -61,10 +61,10 @@ class ConditionalDecoder(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        check_positive(cond_dim, owner=self, arg="cond_dim")
+        check_size(cond_dim, owner=self, arg="cond_dim")
         self.out_shape = target_shape(out_shape, owner=self, arg="out_shape", ranks=(2, 3))
-        check_positive(channels, owner=self, arg="channels")
-        check_positive(blocks_per_stage, owner=self, arg="blocks_per_stage")
+        check_size(channels, owner=self, arg="channels")
+        check_size(blocks_per_stage, owner=self, arg="blocks_per_stage")
         check_choice(modulation, MODULATIONS, owner=self, arg="modulation")
         self.image = len(self.out_shape) == 3
         spatial = list(self.out_shape[1:]) if self.image else [self.out_shape[0]]
@@ -72,7 +72,7 @@ class ConditionalDecoder(nn.Module):
             num_upsamples = 0
             while num_upsamples < 2 and all(s % 2 ** (num_upsamples + 1) == 0 for s in spatial):
                 num_upsamples += 1
-        check_positive(num_upsamples, owner=self, arg="num_upsamples", allow_zero=True)
+        check_size(num_upsamples, owner=self, arg="num_upsamples", allow_zero=True)
         if any(s % 2**num_upsamples for s in spatial):
             raise ValueError(
                 f"{owner_name(self)}: expected spatial sizes {tuple(spatial)} of `out_shape` "
@@ -111,6 +111,7 @@ class ConditionalDecoder(nn.Module):
 
     def forward(self, cond: Tensor) -> Tensor:
         batch = check_tensor(cond, "B E", owner=self, arg="cond", E=self.cond_dim)["B"]
+        check_inputs(self, {"cond": cond})
         h = self.stem(cond).reshape(batch, self.channels, *self.base)  # (B, ch, *base)
         k = 0
         for stage in range(self.num_upsamples + 1):

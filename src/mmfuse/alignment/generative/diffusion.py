@@ -11,8 +11,10 @@ from torch import Tensor, nn
 
 from ..._checks import (
     check_choice,
+    check_inputs,
     check_positive,
     check_same_device,
+    check_size,
     check_tensor,
     owner_name,
 )
@@ -117,11 +119,11 @@ class DiffusionHead(nn.Module):
         self.target_shape = shape = _target_shape(target_shape, owner=self)
         for arg, value in (("cond_dim", cond_dim), ("hidden_dim", hidden_dim),
                            ("num_blocks", num_blocks), ("num_steps", num_steps)):
-            check_positive(value, owner=self, arg=arg)
+            check_size(value, owner=self, arg=arg)
         check_choice(schedule, SCHEDULES, owner=self, arg="schedule")
         check_choice(prediction, PREDICTIONS, owner=self, arg="prediction")
         check_choice(backbone, BACKBONES, owner=self, arg="backbone")
-        check_positive(unet_channels, owner=self, arg="unet_channels")
+        check_size(unet_channels, owner=self, arg="unet_channels")
         if backbone == "unet":
             if len(shape) == 1:
                 raise ValueError(
@@ -131,7 +133,7 @@ class DiffusionHead(nn.Module):
             spatial = shape[1:] if len(shape) == 3 else shape[:1]
             if levels is None:
                 levels = default_levels(spatial)
-            check_positive(levels, owner=self, arg="levels", allow_zero=True)
+            check_size(levels, owner=self, arg="levels", allow_zero=True)
             if any(s % 2**levels for s in spatial):
                 raise ValueError(
                     f"{owner_name(self)}: expected spatial sizes {spatial} of `target_shape` "
@@ -188,6 +190,8 @@ class DiffusionHead(nn.Module):
         self._check_cond(cond, batch)
         if drop is not None:
             check_tensor(drop, "B", owner=self, arg="drop", floating=False, B=batch)
+        check_inputs(self, {"x": x, "t": t, "cond": cond, "drop": drop})
+        if drop is not None:
             cond = torch.where(drop[:, None], self.null_cond.to(cond.dtype), cond)
         return self._denoise(x, t, cond)
 
@@ -217,6 +221,7 @@ class DiffusionHead(nn.Module):
         batch = check_target(x0, self.target_shape, owner=self, arg="x0")
         check_loss_batch(batch, owner=self, arg="x0")
         self._check_cond(cond, batch)
+        check_inputs(self, {"x0": x0, "cond": cond})
         device, work = x0.device, torch.promote_types(x0.dtype, torch.float32)
         if t is None:
             t = (draw_uniform((batch,), device=device, generator=generator) * self.num_steps)
@@ -242,9 +247,9 @@ class DiffusionHead(nn.Module):
         """The descending steps a sampler visits: ``steps`` evenly spaced values from T - 1 to 0
         (all T by default)."""
         n = self.num_steps if steps is None else steps
-        check_positive(n, owner=self, arg="steps")
         if not isinstance(n, int):
             raise ValueError(f"{owner_name(self)}: expected `steps` to be an int or None, got {n!r}.")
+        check_size(n, owner=self, arg="steps")
         if n > self.num_steps:
             raise ValueError(
                 f"{owner_name(self)}: expected `steps` <= num_steps={self.num_steps}, got {n}."
@@ -321,6 +326,7 @@ class DiffusionHead(nn.Module):
         if uncond is not None:
             check_tensor(uncond, "B E", owner=self, arg="uncond", B=batch, E=self.cond_dim)
         check_same_device({"cond": cond, "uncond": uncond, "noise": noise}, owner=self)
+        check_inputs(self, {"cond": cond, "uncond": uncond})
         device, dtype = cond.device, cond.dtype
         work = torch.promote_types(dtype, torch.float32)  # the sampler's arithmetic
         shape = (batch, *self.target_shape)
