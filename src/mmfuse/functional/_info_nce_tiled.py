@@ -115,7 +115,6 @@ class _TiledInfoNCE(torch.autograd.Function):
         stats_r, stats_c, neg_r, neg_c, out_r, out_c = ctx.stats
         s = scale.detach().to(ct)
         qh, kh = _prep(q, vq, cfg["normalize"], ct), _prep(k, vk, cfg["normalize"], ct)
-        n_q, n_k = qh.shape[0], kh.shape[0]
         dev = qh.device
         diag = pairs.kind == "diag"
         cr = _coefficients(g_r.to(ct), stats_r, out_r, neg_r, eps, vk) if out_r is not None \

@@ -68,7 +68,7 @@ class _TiledSigLIP(torch.autograd.Function):
                     d = pairs.diag_offset(i0, i1, j0, j1)
                     lp = None if d is None else lt.diagonal(d).neg()
                     per = F.softplus(lt)
-                    if lp is not None:
+                    if d is not None and lp is not None:
                         per.diagonal(d).copy_(F.softplus(lp))
                 else:
                     pos = pairs.tile(i0, i1, j0, j1, qh.device)

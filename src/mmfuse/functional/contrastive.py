@@ -148,7 +148,6 @@ def _info_nce(
         raise ValueError(
             f"{owner_name(owner)}: expected `label_smoothing` in [0, 1], got {label_smoothing!r}."
         )
-    n = a.shape[0]
     tile = _chunk(chunk_size, a, owner)
     rows, cols = direction in ("both", "a2b"), direction in ("both", "b2a")
     t = info_nce_terms(a, b, scale, inp.pairs, q_valid=inp.valid, k_valid=inp.valid,
