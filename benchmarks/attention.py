@@ -12,8 +12,13 @@ script: the core's matrix-multiply FLOPs (2 products forward, at least 4 more ba
 fp32 rate of a large square matmul measured in the same process, divided by the naive time.
 A ratio target below its floor cannot be met by a faster kernel, only by a faster machine.
 
+On CUDA (``--device cuda``, ``--dtype bfloat16`` for half precision) the times are taken
+after a synchronisation and the extra memory is ``torch.cuda.max_memory_allocated`` above the
+level before the inference.
+
 Run:
     OMP_NUM_THREADS=1 python benchmarks/attention.py [--repeats 5] [--threads 1]
+    python benchmarks/attention.py --device cuda --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -35,6 +40,13 @@ from mmfuse.functional import masked_attention
 
 B, L, D, HEADS = 4, 32, 256, 8
 SIZES = [(8, 14, 14), (16, 14, 14), (32, 14, 14)]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE, DTYPE = torch.device("cpu"), torch.float32  # set by main()
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def naive_core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -57,8 +69,10 @@ def naive_layer(m: SpatioTemporalAttention, video: Tensor, text: Tensor) -> Tens
 
 
 def median_time(fn: Callable[[], object]) -> float:
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 
@@ -74,6 +88,14 @@ def paired(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, floa
 
 def extra_memory(fn: Callable[[], object]) -> float:
     """Peak bytes allocated above the level before ``fn`` ran (no_grad), in MiB."""
+    if DEVICE.type == "cuda":
+        sync()
+        before = torch.cuda.memory_allocated(DEVICE)
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        with torch.no_grad():
+            fn()
+        sync()
+        return (torch.cuda.max_memory_allocated(DEVICE) - before) / 2**20
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,8 +120,10 @@ def kernels(fn: Callable[[], Tensor]) -> list[str]:
 
 
 def gemm_rate(repeats: int, size: int = 2048) -> float:
-    """fp32 FLOP/s of one large square matmul here: an upper bound on attention's matmuls."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    """FLOP/s of one large square matmul here (the benchmark's device and dtype): an upper
+    bound on attention's matmuls."""
+    a = torch.randn(size, size, device=DEVICE, dtype=DTYPE)
+    b = torch.randn(size, size, device=DEVICE, dtype=DTYPE)
     return 2 * size**3 / paired({"mm": lambda: a @ b}, repeats)["mm"]
 
 
@@ -108,9 +132,10 @@ def core_row(t: int, h: int, w: int, repeats: int, rate: float) -> tuple[str, li
     product = 2 * B * HEADS * L * n * d  # FLOPs of one (B, h, L, N) matmul
     floor_infer = 2 * product / rate  # scores and weighted sum
     floor_train = 6 * product / rate  # + dV, dP, dQ, dK (a flash kernel recomputes a 7th)
-    q = torch.randn(B, HEADS, L, d, requires_grad=True)
-    k = torch.randn(B, HEADS, n, d, requires_grad=True)
-    v = torch.randn(B, HEADS, n, d, requires_grad=True)
+    dd = {"device": DEVICE, "dtype": DTYPE}
+    q = torch.randn(B, HEADS, L, d, **dd, requires_grad=True)
+    k = torch.randn(B, HEADS, n, d, **dd, requires_grad=True)
+    v = torch.randn(B, HEADS, n, d, **dd, requires_grad=True)
 
     def train(core: Callable[..., Tensor]) -> Callable[[], None]:
         def step() -> None:
@@ -136,8 +161,8 @@ def core_row(t: int, h: int, w: int, repeats: int, rate: float) -> tuple[str, li
 
 
 def layer_row(m: SpatioTemporalAttention, t: int, h: int, w: int, repeats: int) -> str:
-    video = torch.randn(B, t, h, w, D)
-    text = torch.randn(B, L, D)
+    video = torch.randn(B, t, h, w, D, device=DEVICE, dtype=DTYPE)
+    text = torch.randn(B, L, D, device=DEVICE, dtype=DTYPE)
 
     def naive_fn() -> Tensor:
         return naive_layer(m, video, text)
@@ -169,14 +194,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-layer", action="store_true", help="only the attention core")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     args = parser.parse_args()
+    global DEVICE, DTYPE
+    DEVICE, DTYPE = torch.device(args.device), DTYPES[args.dtype]
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float32, CPU, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.dtype}, "
+          f"{DEVICE}, "
           f"B={B}, L={L}, D={D}, heads={HEADS}, median of {args.repeats}\n")
     rate = gemm_rate(args.repeats)
-    print(f"fp32 matmul rate (2048^3, median of {args.repeats}): {rate / 1e9:.0f} GFLOP/s\n")
+    print(f"{args.dtype} matmul rate (2048^3, median of {args.repeats}): "
+          f"{rate / 1e9:.0f} GFLOP/s\n")
     print("Attention core (q, k, v given):\n")
     print("| (T, H, W) | N | train naive ms | train fused ms | ratio | infer naive ms "
           "| infer fused ms | ratio | train floor | infer floor | infer extra MiB naive "
@@ -194,7 +225,7 @@ def main() -> None:
     print("| (T, H, W) | train naive ms | train module ms | ratio | infer naive ms "
           "| infer module ms | ratio |")
     print("|---|---|---|---|---|---|---|")
-    m = SpatioTemporalAttention(D, HEADS)
+    m = SpatioTemporalAttention(D, HEADS, device=DEVICE, dtype=DTYPE)
     for t, h, w in SIZES:
         print(layer_row(m, t, h, w, max(1, args.repeats // 2)), flush=True)
 

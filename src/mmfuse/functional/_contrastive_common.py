@@ -5,20 +5,27 @@ The constants are public through :mod:`mmfuse.functional.contrastive`.
 
 from __future__ import annotations
 
+import math
+import threading
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 __all__ = [
     "DEFAULT_TILE",
     "NORM_EPS",
+    "_auto_tile",
     "_compute_dtype",
     "_embedding_grads",
     "_neg_inf_safe",
     "_prep",
     "_prep_backward",
+    "_run_row_blocks",
     "_scale_grad",
     "_tiles",
     "_valid_tile",
+    "_workers",
 ]
 
 DEFAULT_TILE = 1024
@@ -29,6 +36,71 @@ NORM_EPS = 1e-6
 gradient stays bounded (by ``1 / NORM_EPS`` times the incoming one)."""
 
 _NEG_INF = float("-inf")
+
+_TILE_MACS = 2**28
+"""``chunk_size="auto"``: multiply-adds of one tile's matmul (tile^2 * D) it aims for, so that
+the Python dispatch of a tile's few kernels stays below 1 % of its arithmetic."""
+
+
+def _auto_tile(n_q: int, n_k: int, dim: int, threads: int) -> int:
+    """Tile side for ``chunk_size="auto"``: a power of two with ``tile^2 * dim`` close to
+    :data:`_TILE_MACS` (1024 at D=256), within [256, 2048] (two float32 tile buffers per worker:
+    at most 32 MB), and no more than the rows per worker thread, so that every thread has a
+    block of query rows to work on."""
+    t = 2 ** round(math.log2(math.sqrt(_TILE_MACS / max(dim, 1))))
+    t = min(max(t, 256), 2048)
+    per_worker = -(-max(n_q, 1) // max(threads, 1))
+    return max(1, min(t, per_worker, max(n_q, n_k)))
+
+
+def _workers(x: Tensor, n_blocks: int) -> int:
+    """How many threads walk the row blocks: the intra-op thread count on CPU in eager mode
+    (each thread then runs its kernels single-threaded), one elsewhere (CUDA, compiling)."""
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        return 1
+    return max(1, min(torch.get_num_threads(), n_blocks))
+
+
+def _run_row_blocks(n: int, tile: int, workers: int,
+                    body: Callable[[int, int, int], None]) -> None:
+    """Call ``body(w, i0, i1)`` for every block ``i0:i1`` of ``tile`` query rows.
+
+    With ``workers > 1`` block number ``b`` goes to worker ``b % workers``, a thread of its own
+    that runs its kernels on one intra-op thread and takes its blocks in order: which worker
+    accumulates what never depends on timing, so the results are bitwise reproducible, and no
+    kernel waits at a barrier for a thread the OS has descheduled (what makes many short
+    multi-threaded kernels slow on a busy machine). ``body`` must write only rows ``i0:i1`` of
+    shared outputs, or accumulators of its own worker ``w``. The first error is re-raised.
+    """
+    blocks = _tiles(n, tile)
+    if workers <= 1:
+        for i0, i1 in blocks:
+            body(0, i0, i1)
+        return
+    errors: list[BaseException] = []
+    grad_mode = torch.is_grad_enabled()
+
+    def run(w: int) -> None:
+        try:
+            torch.set_num_threads(1)
+            with torch.set_grad_enabled(grad_mode):
+                for b in range(w, len(blocks), workers):
+                    body(w, *blocks[b])
+        except BaseException as e:  # re-raised in the calling thread
+            errors.append(e)
+
+    threads_before = torch.get_num_threads()
+    pool = [threading.Thread(target=run, args=(w,), daemon=True) for w in range(workers)]
+    try:
+        for th in pool:
+            th.start()
+    finally:
+        for th in pool:
+            if th.is_alive() or th.ident is not None:
+                th.join()
+        torch.set_num_threads(threads_before)  # the process-wide default the workers changed
+    if errors:
+        raise errors[0]
 
 
 def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:

@@ -2,7 +2,22 @@
 
 The forward keeps per-row and per-column log-sum-exps over the negatives (in float64) and sums
 over the positive pairs; the backward recomputes each block from them. Memory is
-O(B * D + tile^2) instead of O(B^2).
+O(B * D + workers * tile^2) instead of O(B^2).
+
+Two tile bodies give the same values to rounding:
+
+- the fast one (one positive per anchor, eager mode, every logit within +-40 in float32, +-300
+  in float64: then ``exp(L)`` is finite and normal without subtracting a maximum) does a tile
+  in a handful of passes over one preallocated buffer: the forward ``mm``, ``exp_`` and the row
+  and column sums (one exponential serves both directions); the backward ``mm``, ``exp_``, one
+  multiply by ``a_i + b_j`` (``a_i = h_i exp(-N_i)``, the per-anchor coefficients, folded in
+  float64) and the two gradient matmuls. Label smoothing's constant part is a rank-one term
+  applied outside the tiles.
+- the general one (several positives per anchor, larger logits, ``torch.compile``) subtracts
+  each tile's row and column maxima first.
+
+Both walk blocks of query rows with :func:`_run_row_blocks` (one single-threaded worker per
+intra-op thread on CPU, a fixed assignment of blocks to workers: bitwise reproducible).
 """
 
 from __future__ import annotations
@@ -19,8 +34,10 @@ from ._contrastive_common import (
     _embedding_grads,
     _neg_inf_safe,
     _prep,
+    _run_row_blocks,
     _tiles,
     _valid_tile,
+    _workers,
 )
 from ._contrastive_pairs import _Pairs
 
@@ -49,29 +66,11 @@ class _TiledInfoNCE(torch.autograd.Function):
         diag = pairs.kind == "diag"
         # float64 accumulators: a float32 running log-sum-exp rounds at every tile, and the
         # gradient of the scale (a sum with heavy cancellation) would inherit that error
-        neg_r = qh.new_full((n_q,), _NEG_INF, dtype=torch.float64)
-        neg_c = qh.new_full((n_k,), _NEG_INF, dtype=torch.float64)
+        workers = _workers(qh, len(_tiles(n_q, tile)))
+        fast = diag and _exp_in_range(qh, kh, s)
         # pass 1: log-sum-exp over the negatives, rows and columns at once
-        for i0, i1 in _tiles(n_q, tile):
-            qs = qh[i0:i1] * s  # (t, D)
-            for j0, j1 in _tiles(n_k, tile):
-                lt = qs @ kh[j0:j1].t()  # (t, t)
-                valid = _valid_tile(vq, vk, i0, i1, j0, j1)
-                if diag:
-                    d = pairs.diag_offset(i0, i1, j0, j1)
-                    if d is not None:
-                        lt.diagonal(d).fill_(_NEG_INF)
-                    if valid is not None:
-                        lt.masked_fill_(~valid, _NEG_INF)
-                else:
-                    pos = pairs.tile(i0, i1, j0, j1, dev)
-                    assert pos is not None
-                    neg = ~pos if valid is None else ~pos & valid
-                    lt.masked_fill_(~neg, _NEG_INF)
-                if rows:
-                    neg_r[i0:i1] = torch.logaddexp(neg_r[i0:i1], _tile_lse64(lt, 1))
-                if cols:
-                    neg_c[j0:j1] = torch.logaddexp(neg_c[j0:j1], _tile_lse64(lt, 0))
+        lse = _neg_lse_fast if fast else _neg_lse_general
+        neg_r, neg_c = lse(qh, kh, s, pairs, vq, vk, tile, rows, cols, workers)
         neg64 = (neg_r, neg_c)
         neg_r, neg_c = neg_r.to(ct), neg_c.to(ct)
         # pass 2: the positive pairs' terms
@@ -95,6 +94,7 @@ class _TiledInfoNCE(torch.autograd.Function):
         ctx.cfg = cfg
         ctx.ct = ct
         ctx.neg64 = neg64
+        ctx.fast, ctx.workers = fast, workers
         ctx.stats = (stats_r, stats_c, neg_r, neg_c,
                      None if out_r is None else (None, *out_r[1:]),
                      None if out_c is None else (None, *out_c[1:]))
@@ -115,57 +115,17 @@ class _TiledInfoNCE(torch.autograd.Function):
         stats_r, stats_c, neg_r, neg_c, out_r, out_c = ctx.stats
         s = scale.detach().to(ct)
         qh, kh = _prep(q, vq, cfg["normalize"], ct), _prep(k, vk, cfg["normalize"], ct)
-        n_q, n_k = qh.shape[0], kh.shape[0]
         dev = qh.device
         diag = pairs.kind == "diag"
-        zq, zk = qh.new_zeros(n_q), qh.new_zeros(n_k)
         cr = _coefficients(g_r.to(ct), stats_r, out_r, neg_r, eps, vk) if out_r is not None \
             else None
         cc = _coefficients(g_c.to(ct), stats_c, out_c, neg_c, eps, vq) if out_c is not None \
             else None
-        # exp(L - N) is taken against N rounded to the compute dtype; the rounding is undone
-        # per anchor through the coefficient (the float64 N is the exact one)
-        h_r, safe_r = (cr["h"] * _rounding(neg_r, ctx.neg64[0]), _neg_inf_safe(neg_r)) if cr \
-            else (zq, zq)
-        h_c, safe_c = (cc["h"] * _rounding(neg_c, ctx.neg64[1]), _neg_inf_safe(neg_c)) if cc \
-            else (zk, zk)
-        dq = torch.zeros_like(qh)  # gradient w.r.t. qh, without the scale
-        dk = torch.zeros_like(kh)  # gradient w.r.t. kh, scale included
-        for i0, i1 in _tiles(n_q, tile):
-            qs = qh[i0:i1] * s
-            for j0, j1 in _tiles(n_k, tile):
-                lt = qs @ kh[j0:j1].t()  # (t, t) recomputed
-                if cr is not None:
-                    gt = torch.sub(lt, safe_r[i0:i1, None]).exp_().mul_(h_r[i0:i1, None])
-                    if cc is not None:
-                        gt.add_(torch.sub(lt, safe_c[None, j0:j1]).exp_().mul_(h_c[None, j0:j1]))
-                else:
-                    gt = torch.sub(lt, safe_c[None, j0:j1]).exp_().mul_(h_c[None, j0:j1])
-                if diag:
-                    d = pairs.diag_offset(i0, i1, j0, j1)
-                    if d is not None:
-                        gt.diagonal(d).zero_()
-                else:
-                    pos = pairs.tile(i0, i1, j0, j1, dev)
-                    assert pos is not None
-                    gpos = torch.zeros_like(lt)
-                    if cr is not None:
-                        gpos.add_(_pos_grad(lt, cr, i0, i1, None, eps))
-                    if cc is not None:
-                        gpos.add_(_pos_grad(lt, cc, j0, j1, 1, eps))
-                    gt = gpos.where(pos, gt)
-                if eps > 0:
-                    const = lt.new_zeros(())
-                    if cr is not None:
-                        const = const + cr["const"][i0:i1, None]
-                    if cc is not None:
-                        const = const + cc["const"][None, j0:j1]
-                    gt.sub_(const)
-                valid = _valid_tile(vq, vk, i0, i1, j0, j1)
-                if valid is not None:
-                    gt = gt.where(valid, 0.0)
-                dq[i0:i1].addmm_(gt, kh[j0:j1])
-                dk[j0:j1].addmm_(gt.t(), qs)
+        if ctx.fast:
+            dq, dk = _grad_tiles_fast(qh, kh, s, pairs, ctx.neg64, cr, cc, tile, ctx.workers)
+        else:
+            dq, dk = _grad_tiles_general(qh, kh, s, pairs, vq, vk, eps, cr, cc, neg_r, neg_c,
+                                         ctx.neg64, tile, ctx.workers)
         if diag:  # the positive pairs' own entries, outside the tiles
             ri, ci = pairs.diag_index(dev)
             sq, sk = pairs.diag_slices()
@@ -293,3 +253,223 @@ def _pos_grad(lt: Tensor, co: dict[str, Tensor], a0: Any, a1: Any, dim: Any, eps
     if eps > 0:
         out = out + co["alpha"][sel] * eps * torch.exp(lt - co["lse_all"][sel])
     return out
+
+
+# ----------------------------------------------------------------------------- tile bodies
+
+_EXP_LIMIT = {torch.float32: 40.0, torch.float64: 300.0}
+"""The fast body's bound on ``|L|``: ``exp(L)``, the row sums (at most B e^40) and the
+coefficients ``h exp(-N)`` (down to about h e^-52) stay finite and normal in the dtype."""
+
+
+def _exp_in_range(qh: Tensor, kh: Tensor, s: Tensor) -> bool:
+    """Whether every logit is within the fast body's range (``|s| max|q| max|k|``), in eager
+    mode only: the test reads tensor values, so a compiled graph takes the general body."""
+    if torch.compiler.is_compiling():
+        return False
+    bound = s.abs() * torch.linalg.vector_norm(qh, dim=1).amax() \
+        * torch.linalg.vector_norm(kh, dim=1).amax()
+    return bool(bound <= _EXP_LIMIT[qh.dtype])
+
+
+def _buffers(workers: int, n: int, x: Tensor) -> list[Tensor]:
+    return [x.new_empty(n) for _ in range(workers)]
+
+
+def _view(buf: Tensor, rows: int, cols: int) -> Tensor:
+    return buf[:rows * cols].view(rows, cols)
+
+
+def _neg_lse_fast(qh: Tensor, kh: Tensor, s: Tensor, pairs: _Pairs, vq: Tensor | None,
+                  vk: Tensor | None, tile: int, rows: bool, cols: bool, workers: int
+                  ) -> tuple[Tensor, Tensor]:
+    """Float64 log-sum-exps over the negatives (diagonal positives), one ``exp`` per logit."""
+    n_q, n_k = qh.shape[0], kh.shape[0]
+    sum_r = qh.new_zeros(n_q, dtype=torch.float64)
+    sum_c = [qh.new_zeros(n_k, dtype=torch.float64) for _ in range(workers)]
+    fq = None if vq is None else vq.to(qh.dtype)
+    fk = None if vk is None else vk.to(qh.dtype)
+    bufs = _buffers(workers, min(tile, n_q) * min(tile, n_k), qh)
+
+    def body(w: int, i0: int, i1: int) -> None:
+        qs = qh[i0:i1] * s
+        acc = qh.new_zeros(i1 - i0, dtype=torch.float64)
+        for j0, j1 in _tiles(n_k, tile):
+            e = _view(bufs[w], i1 - i0, j1 - j0)
+            torch.mm(qs, kh[j0:j1].t(), out=e).exp_()  # exp(L), (t, t)
+            d = pairs.diag_offset(i0, i1, j0, j1)
+            if d is not None:
+                e.diagonal(d).zero_()  # the positives are not negatives
+            if fq is not None:
+                e.mul_(fq[i0:i1, None])
+            if fk is not None:
+                e.mul_(fk[None, j0:j1])
+            if rows:
+                acc += e.sum(1)
+            if cols:
+                sum_c[w][j0:j1] += e.sum(0)
+        sum_r[i0:i1] = acc
+
+    _run_row_blocks(n_q, tile, workers, body)
+    total_c = sum_c[0]
+    for part in sum_c[1:]:  # in worker order: reproducible
+        total_c += part
+    return sum_r.log(), total_c.log()  # log(0) = -inf: no negatives
+
+
+def _neg_lse_general(qh: Tensor, kh: Tensor, s: Tensor, pairs: _Pairs, vq: Tensor | None,
+                     vk: Tensor | None, tile: int, rows: bool, cols: bool, workers: int
+                     ) -> tuple[Tensor, Tensor]:
+    """Float64 log-sum-exps over the negatives, any positives, each tile shifted by its maxima."""
+    n_q, n_k = qh.shape[0], kh.shape[0]
+    neg_r = qh.new_full((n_q,), _NEG_INF, dtype=torch.float64)
+    neg_cs = [qh.new_full((n_k,), _NEG_INF, dtype=torch.float64) for _ in range(workers)]
+    diag = pairs.kind == "diag"
+
+    def body(w: int, i0: int, i1: int) -> None:
+        qs = qh[i0:i1] * s  # (t, D)
+        for j0, j1 in _tiles(n_k, tile):
+            lt = qs @ kh[j0:j1].t()  # (t, t)
+            valid = _valid_tile(vq, vk, i0, i1, j0, j1)
+            if diag:
+                d = pairs.diag_offset(i0, i1, j0, j1)
+                if d is not None:
+                    lt.diagonal(d).fill_(_NEG_INF)
+                if valid is not None:
+                    lt.masked_fill_(~valid, _NEG_INF)
+            else:
+                pos = pairs.tile(i0, i1, j0, j1, qh.device)
+                assert pos is not None
+                neg = ~pos if valid is None else ~pos & valid
+                lt.masked_fill_(~neg, _NEG_INF)
+            if rows:
+                neg_r[i0:i1] = torch.logaddexp(neg_r[i0:i1], _tile_lse64(lt, 1))
+            if cols:
+                neg_cs[w][j0:j1] = torch.logaddexp(neg_cs[w][j0:j1], _tile_lse64(lt, 0))
+
+    _run_row_blocks(n_q, tile, workers, body)
+    neg_c = neg_cs[0]
+    for part in neg_cs[1:]:
+        neg_c = torch.logaddexp(neg_c, part)
+    return neg_r, neg_c
+
+
+def _grad_tiles_fast(qh: Tensor, kh: Tensor, s: Tensor, pairs: _Pairs,
+                     neg64: tuple[Tensor, Tensor], cr: dict[str, Tensor] | None,
+                     cc: dict[str, Tensor] | None, tile: int, workers: int
+                     ) -> tuple[Tensor, Tensor]:
+    """(d loss / d qh without the scale, d loss / d kh with it) from the negatives and the
+    label-smoothing constants; diagonal positives excluded (added by the caller)."""
+    n_q, n_k = qh.shape[0], kh.shape[0]
+    ct = qh.dtype
+
+    def coef(co: dict[str, Tensor] | None, n64: Tensor, n: int) -> Tensor:
+        # d loss / d L on a negative is h * exp(L - N) = exp(L) * (h * exp(-N)); in float64,
+        # 0 where there is no negative (N = -inf) or no weight
+        if co is None:
+            return qh.new_zeros(n)
+        f = co["h"].double() * torch.exp(-n64)
+        return f.where((n64 > _NEG_INF) & (co["h"] != 0), 0.0).to(ct)
+
+    a, b = coef(cr, neg64[0], n_q), coef(cc, neg64[1], n_k)
+    both = cr is not None and cc is not None
+    dq = torch.zeros_like(qh)
+    dks = [torch.zeros_like(kh) for _ in range(workers)]
+    size = min(tile, n_q) * min(tile, n_k)
+    bufs, abs_ = _buffers(workers, size, qh), _buffers(workers if both else 0, size, qh)
+
+    def body(w: int, i0: int, i1: int) -> None:
+        qs = qh[i0:i1] * s
+        for j0, j1 in _tiles(n_k, tile):
+            e = _view(bufs[w], i1 - i0, j1 - j0)
+            torch.mm(qs, kh[j0:j1].t(), out=e).exp_()
+            if both:
+                e.mul_(torch.add(a[i0:i1, None], b[None, j0:j1],
+                                 out=_view(abs_[w], i1 - i0, j1 - j0)))
+            elif cr is not None:
+                e.mul_(a[i0:i1, None])
+            else:
+                e.mul_(b[None, j0:j1])
+            d = pairs.diag_offset(i0, i1, j0, j1)
+            if d is not None:
+                e.diagonal(d).zero_()
+            dq[i0:i1].addmm_(e, kh[j0:j1])
+            dks[w][j0:j1].addmm_(e.t(), qs)
+
+    _run_row_blocks(n_q, tile, workers, body)
+    dk = dks[0]
+    for part in dks[1:]:
+        dk += part
+    # label smoothing: -(const_r[i] + const_c[j]) on every kept pair (removed rows of qh and
+    # kh are zero, and their own gradients are dropped later), a rank-one term
+    if cr is not None and "const" in cr:
+        c = cr["const"]
+        dq.addr_(c, kh.sum(0), alpha=-1.0)
+        dk.sub_((c @ qh) * s)
+    if cc is not None and "const" in cc:
+        c = cc["const"]
+        dq.sub_(c @ kh)
+        dk.addr_(c, qh.sum(0) * s, alpha=-1.0)
+    return dq, dk
+
+
+def _grad_tiles_general(qh: Tensor, kh: Tensor, s: Tensor, pairs: _Pairs, vq: Tensor | None,
+                        vk: Tensor | None, eps: float, cr: dict[str, Tensor] | None,
+                        cc: dict[str, Tensor] | None, neg_r: Tensor, neg_c: Tensor,
+                        neg64: tuple[Tensor, Tensor], tile: int, workers: int
+                        ) -> tuple[Tensor, Tensor]:
+    """As :func:`_grad_tiles_fast` for any positives and logits, each tile against the
+    per-anchor N; positives of the group and matrix kinds included."""
+    n_q, n_k = qh.shape[0], kh.shape[0]
+    diag = pairs.kind == "diag"
+    zq, zk = qh.new_zeros(n_q), qh.new_zeros(n_k)
+    # exp(L - N) is taken against N rounded to the compute dtype; the rounding is undone
+    # per anchor through the coefficient (the float64 N is the exact one)
+    h_r, safe_r = (cr["h"] * _rounding(neg_r, neg64[0]), _neg_inf_safe(neg_r)) if cr \
+        else (zq, zq)
+    h_c, safe_c = (cc["h"] * _rounding(neg_c, neg64[1]), _neg_inf_safe(neg_c)) if cc \
+        else (zk, zk)
+    dq = torch.zeros_like(qh)  # gradient w.r.t. qh, without the scale
+    dks = [torch.zeros_like(kh) for _ in range(workers)]  # w.r.t. kh, scale included
+
+    def body(w: int, i0: int, i1: int) -> None:
+        qs = qh[i0:i1] * s
+        for j0, j1 in _tiles(n_k, tile):
+            lt = qs @ kh[j0:j1].t()  # (t, t) recomputed
+            if cr is not None:
+                gt = torch.sub(lt, safe_r[i0:i1, None]).exp_().mul_(h_r[i0:i1, None])
+                if cc is not None:
+                    gt.add_(torch.sub(lt, safe_c[None, j0:j1]).exp_().mul_(h_c[None, j0:j1]))
+            else:
+                gt = torch.sub(lt, safe_c[None, j0:j1]).exp_().mul_(h_c[None, j0:j1])
+            if diag:
+                d = pairs.diag_offset(i0, i1, j0, j1)
+                if d is not None:
+                    gt.diagonal(d).zero_()
+            else:
+                pos = pairs.tile(i0, i1, j0, j1, qh.device)
+                assert pos is not None
+                gpos = torch.zeros_like(lt)
+                if cr is not None:
+                    gpos.add_(_pos_grad(lt, cr, i0, i1, None, eps))
+                if cc is not None:
+                    gpos.add_(_pos_grad(lt, cc, j0, j1, 1, eps))
+                gt = gpos.where(pos, gt)
+            if eps > 0:
+                const = lt.new_zeros(())
+                if cr is not None:
+                    const = const + cr["const"][i0:i1, None]
+                if cc is not None:
+                    const = const + cc["const"][None, j0:j1]
+                gt.sub_(const)
+            valid = _valid_tile(vq, vk, i0, i1, j0, j1)
+            if valid is not None:
+                gt = gt.where(valid, 0.0)
+            dq[i0:i1].addmm_(gt, kh[j0:j1])
+            dks[w][j0:j1].addmm_(gt.t(), qs)
+
+    _run_row_blocks(n_q, tile, workers, body)
+    dk = dks[0]
+    for part in dks[1:]:
+        dk += part
+    return dq, dk

@@ -10,7 +10,8 @@ Both come in two exact formulations that give the same values and gradients:
   embeddings, the logit scale and the bias are exact (not a truncated or detached variant).
 
 ``chunk_size=None`` (or ``"auto"``) picks the tiled path when either side exceeds
-:data:`DEFAULT_TILE` rows; an int forces it with that tile size.
+:data:`DEFAULT_TILE` rows, with a tile size chosen from B, D and the thread count; an int
+forces it with that tile size.
 
 Definitions (``L[i, j] = scale * <a_i, b_j> + bias``; P the positive pairs; V the kept samples):
 
@@ -40,7 +41,7 @@ from torch import Tensor
 
 from .._checks import check_choice, owner_name
 from ._contrastive_checks import _as_scale, _as_tensor, _check_pair_inputs, _tile_size
-from ._contrastive_common import DEFAULT_TILE, NORM_EPS
+from ._contrastive_common import DEFAULT_TILE, NORM_EPS, _auto_tile
 from ._contrastive_pairs import _Pairs
 from ._info_nce_dense import _info_nce_dense
 from ._info_nce_tiled import _TiledInfoNCE
@@ -109,6 +110,17 @@ def make_pairs(n_q: int, n_k: int, *, offset: int = 0, groups_q: Tensor | None =
     return _Pairs("diag", n_q, n_k, offset=offset)
 
 
+def _chunk(chunk_size: object, a: Tensor, owner: object) -> int | None:
+    """The tile size (None: dense); ``"auto"`` and None pick it from B, D and the threads."""
+    n = a.shape[0]
+    tile = _tile_size(chunk_size, n, n, owner=owner)
+    if tile is None or not (chunk_size is None or chunk_size == "auto"):
+        return tile
+    if torch.compiler.is_compiling():
+        return tile
+    return _auto_tile(n, n, a.shape[1], torch.get_num_threads())
+
+
 def _weighted_mean(terms: Tensor, count: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
     """(numerator, denominator) of the weighted mean over anchors that have a positive."""
     w = torch.ones_like(terms) if weights is None else weights.to(terms.dtype)
@@ -136,8 +148,7 @@ def _info_nce(
         raise ValueError(
             f"{owner_name(owner)}: expected `label_smoothing` in [0, 1], got {label_smoothing!r}."
         )
-    n = a.shape[0]
-    tile = _tile_size(chunk_size, n, n, owner=owner)
+    tile = _chunk(chunk_size, a, owner)
     rows, cols = direction in ("both", "a2b"), direction in ("both", "b2a")
     t = info_nce_terms(a, b, scale, inp.pairs, q_valid=inp.valid, k_valid=inp.valid,
                        label_smoothing=float(label_smoothing), rows=rows, cols=cols,
@@ -190,8 +201,9 @@ def info_nce(
         label_smoothing: As in :func:`torch.nn.functional.cross_entropy`: the target puts
             ``label_smoothing`` uniformly over the kept candidates.
         direction: ``"both"`` (mean of the two directions), ``"a2b"`` or ``"b2a"``.
-        chunk_size: None or ``"auto"``: tiled when B > :data:`DEFAULT_TILE`, dense otherwise;
-            an int: always tiled, with tiles of that many rows and columns.
+        chunk_size: None or ``"auto"``: tiled when B > :data:`DEFAULT_TILE` (tiles of about
+            ``sqrt(2**28 / D)`` rows, at most B / threads), dense otherwise; an int: always
+            tiled, with tiles of that many rows and columns.
 
     Returns:
         The scalar loss, in the promoted dtype of ``a``, ``b`` and a tensor ``temperature``
@@ -238,8 +250,7 @@ def _siglip(
 ) -> Tensor:
     """:func:`siglip_loss` with the scale and bias as tensors (as the module stores them)."""
     inp = _check_pair_inputs(a, b, positives, weights, owner=owner)
-    n = a.shape[0]
-    tile = _tile_size(chunk_size, n, n, owner=owner)
+    tile = _chunk(chunk_size, a, owner)
     if tile is None:
         per_row = _siglip_dense(a, b, scale, bias, inp.pairs, inp.valid, inp.valid, normalize)
     else:
