@@ -12,27 +12,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 from contract.cases.fusion_concat import DIMS, feature_inputs
 from contract.registry import ContractCase
+from contract.test_suite_bites import UncheckedFusion
 from mmfuse import ShapeError
 from mmfuse.fusion import ConcatFusion
 
 from ._mutate import Hang, call_bounded, fuzz_one, judge_error
 from ._targets import Target, module_target
-
-
-class UncheckedFusion(nn.Module):
-    """No validation: bad inputs fail deep inside torch (or not at all)."""
-
-    def __init__(self, dims, out_dim=5, *, device=None, dtype=None):
-        super().__init__()
-        self.dims = dict(dims)
-        self.proj = nn.Linear(sum(dims.values()), out_dim, device=device, dtype=dtype)
-
-    def forward(self, features, present=None):
-        return self.proj(torch.cat([features[m] for m in self.dims], -1))
 
 
 def _case(build) -> ContractCase:
