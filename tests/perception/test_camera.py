@@ -251,7 +251,10 @@ def test_sizes_and_counts_are_ints(kwargs: dict[str, object], match: str) -> Non
         CameraLoader("x.mp4", **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("arg", ["open_timeout", "read_timeout", "fps", "reconnect_delay"])
-def test_infinite_times_are_refused(arg: str) -> None:
-    with pytest.raises(ValueError, match=rf"^CameraLoader: expected `{arg}` to be finite, got inf\.$"):
+@pytest.mark.parametrize(("arg", "want"), [
+    ("open_timeout", "finite"), ("read_timeout", "finite"), ("reconnect_delay", "finite"),
+    ("fps", "a finite positive number"),  # the shared check_positive's wording
+])
+def test_infinite_times_are_refused(arg: str, want: str) -> None:
+    with pytest.raises(ValueError, match=rf"^CameraLoader: expected `{arg}` to be {want}, got inf\.$"):
         CameraLoader("x.mp4", **{arg: float("inf")})  # type: ignore[arg-type]

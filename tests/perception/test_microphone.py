@@ -99,7 +99,7 @@ def test_bad_arguments() -> None:
     ((), {"sample_rate": 16000.5}, TypeError, "`sample_rate` to be an int, got 16000.5"),
     ((), {"channels": 1.0}, TypeError, "`channels` to be an int, got 1.0"),
     ((), {"block_size": 0}, ValueError, "`block_size` to be a positive int, got 0"),
-    ((), {"read_timeout": float("inf")}, ValueError, "`read_timeout` to be finite, got inf"),
+    ((), {"read_timeout": float("inf")}, ValueError, "`read_timeout` to be a finite positive number, got inf"),
 ])
 def test_argument_types_are_checked_before_opening(args: tuple[object, ...], kwargs: dict[str, object],
                                                    error: type[Exception], match: str) -> None:
