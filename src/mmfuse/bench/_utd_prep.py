@@ -92,13 +92,6 @@ def load_splits(root: str | os.PathLike[str], train: Sequence[int], test: Sequen
     return splits[0], splits[1]
 
 
-def subset(split: Split, keep: Tensor) -> Split:
-    """The rows ``keep`` (bool or index) of a split."""
-    out: Split = {k: {m: v[keep] for m, v in split[k].items()} for k in ("x", "mask", "times")}
-    out["label"], out["subject"] = split["label"][keep], split["subject"][keep]
-    return out
-
-
 def _time_warp(x: Tensor, lengths: Tensor, factors: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
     """Resample each row's first ``lengths[b]`` steps, from ``starts[b]`` (a fraction of the
     length), to ``factors[b]`` times as many steps (linear interpolation). -> (x', mask')."""
