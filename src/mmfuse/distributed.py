@@ -35,14 +35,14 @@ from torch import distributed as dist
 
 from ._checks import check_batched, check_choice, check_tensor, format_shape, owner_name
 from .errors import ShapeError
-from .functional._contrastive_checks import (
+from .functional.contrastive import _weighted_mean, info_nce_terms, make_pairs
+from .functional.contrastive._checks import (
     _check_pair_inputs,
     _check_positives,
     _check_weights,
     _Inputs,
     _tile_size,
 )
-from .functional.contrastive import _weighted_mean, info_nce_terms, make_pairs
 
 __all__ = ["all_gather_with_grad", "gather_sizes", "info_nce_gathered", "is_distributed"]
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mmfuse import ShapeError
-from mmfuse.functional.data_level import align_to_times
+from mmfuse.functional.fusion.data_level import align_to_times
 from mmfuse.fusion import DataLevelFusion
 
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mmfuse import ModalityError, ShapeError
-from mmfuse.functional.decision import decision_fusion
+from mmfuse.functional.fusion.decision import decision_fusion
 from mmfuse.fusion import DecisionFusion
 
 STRATEGIES = ["weighted", "product", "soft_vote", "hard_vote", "max"]

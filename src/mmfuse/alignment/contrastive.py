@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_inputs, check_positive, owner_name
-from ..functional._contrastive_checks import _tile_size
 from ..functional.contrastive import _info_nce, _siglip
+from ..functional.contrastive._checks import _tile_size
 
 __all__ = ["InfoNCELoss", "SigLIPLoss"]
 

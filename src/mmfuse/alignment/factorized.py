@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..functional.attention import _divided_attention
+from ..functional.attention.spatiotemporal import _divided_attention
 from .attention import _Inputs, _VideoTextAttention
 
 __all__ = ["FactorizedSpatioTemporalAttention"]

@@ -1,8 +1,21 @@
-"""Pure tensor math behind mmfuse's modules: no parameters, no module state."""
+"""Pure tensor math behind mmfuse's modules: no parameters, no module state.
+
+One subpackage a topic, mirroring the module side: :mod:`~mmfuse.functional.contrastive`,
+:mod:`~mmfuse.functional.fusion`, :mod:`~mmfuse.functional.attention`,
+:mod:`~mmfuse.functional.audio` and :mod:`~mmfuse.functional.generative`. Every public
+name is also importable from ``mmfuse.functional`` itself.
+"""
 
 from __future__ import annotations
 
-from .attention import divided_attention, graph_attention, masked_attention, sinusoidal_encoding_3d
+from .attention import (
+    divided_attention,
+    graph_attention,
+    masked_attention,
+    masked_cross_attention,
+    masked_mean,
+    sinusoidal_encoding_3d,
+)
 from .audio import (
     dct_matrix,
     hz_to_mel,
@@ -21,35 +34,31 @@ from .contrastive import (
     make_pairs,
     siglip_loss,
 )
-from .cross_attention import masked_cross_attention, masked_mean
-from .data_level import (
+from .fusion import (
     ALIGN_MODES,
+    DECISION_STRATEGIES,
     GRID_MODES,
     align_to_times,
-    spectrogram_to_grid,
-    time_order_violations,
-    time_overlap,
-)
-from .decision import (
-    DECISION_STRATEGIES,
-    decision_fusion,
-    hard_vote,
-    max_fusion,
-    product_of_experts,
-    soft_vote,
-    weighted_mean,
-)
-from .feature_fusion import (
     attention_fusion,
     bilinear_pool,
+    decision_fusion,
+    fill_absent,
     film,
     gated_fusion,
+    hard_vote,
     low_rank_tensor_fusion,
     masked_softmax,
+    max_fusion,
+    modality_dropout,
+    product_of_experts,
     signed_sqrt,
+    soft_vote,
+    spectrogram_to_grid,
     tensor_fusion,
+    time_order_violations,
+    time_overlap,
+    weighted_mean,
 )
-from .fusion import fill_absent
 from .generative import (
     ConsistencyScore,
     alphas_cumprod,
@@ -68,7 +77,6 @@ from .generative import (
     timestep_embedding,
     v_target,
 )
-from .modality_dropout import modality_dropout
 
 __all__ = [
     "ALIGN_MODES",

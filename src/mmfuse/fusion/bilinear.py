@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_positive, check_probability, check_size
-from ..functional.feature_fusion import _bilinear_pool
+from ..functional.fusion.feature import _bilinear_pool
 from ._common import check_config, observe_zero_filled
 
 __all__ = ["BilinearFusion"]

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .._checks import check_choice, check_inputs, check_same_device, check_size, check_tensor
 from ..errors import ShapeError
-from ..functional.data_level import (
+from ..functional.fusion.data_level import (
     ALIGN_MODES,
     align_to_times,
     spectrogram_to_grid,

@@ -20,7 +20,7 @@ from .._checks import (
     owner_name,
     presence_matrix,
 )
-from ..functional.decision import DECISION_STRATEGIES, decision_fusion
+from ..functional.fusion.decision import DECISION_STRATEGIES, decision_fusion
 
 __all__ = ["DecisionFusion"]
 
@@ -57,7 +57,7 @@ class DecisionFusion(nn.Module):
     - ``"soft_vote"``: plain mean of the distributions (ignores ``weights``);
     - ``"hard_vote"``: majority of the arg-max votes, ties broken by the weighted mean (the
       output is ``(votes + wmean/2) / (n + 1/2)``, see
-      :func:`mmfuse.functional.decision.hard_vote`);
+      :func:`mmfuse.functional.fusion.decision.hard_vote`);
     - ``"max"``: per-class maximum over the modalities, renormalised.
 
     With ``learnable=True`` the weights are ``softmax`` over a parameter vector initialised at

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_size
-from ..functional.feature_fusion import _low_rank_tensor_fusion
+from ..functional.fusion.feature import _low_rank_tensor_fusion
 from ._common import check_config, observe_zero_filled
 
 __all__ = ["LowRankTensorFusion"]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import (
+from ..._checks import (
     check_inputs,
     check_mask,
     check_probability,

@@ -26,10 +26,10 @@ Definitions (``L[i, j] = scale * <a_i, b_j> + bias``; P the positive pairs; V th
   ``z_ij = +1`` for positive pairs and -1 otherwise (Zhai et al., 2023: the sum over pairs
   divided by the batch size).
 
-This module holds the public API; the formulations live in private modules beside it:
-``_info_nce_dense`` and ``_info_nce_tiled`` (InfoNCE), ``_siglip_terms`` (SigLIP, both paths),
-``_contrastive_pairs`` (the positive-pair spec), ``_contrastive_checks`` (argument validation)
-and ``_contrastive_common`` (the constants and the helpers both losses share).
+This package's ``__init__`` holds the public API; the formulations live in private modules
+beside it: ``_dense`` and ``_tiled`` (InfoNCE), ``_siglip`` (SigLIP, both paths), ``_pairs``
+(the positive-pair spec), ``_checks`` (argument validation) and ``_common`` (the constants and
+the helpers both losses share).
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, owner_name
-from ._contrastive_checks import _as_scale, _as_tensor, _check_pair_inputs, _tile_size
-from ._contrastive_common import DEFAULT_TILE, NORM_EPS, _auto_tile
-from ._contrastive_pairs import _Pairs
-from ._info_nce_dense import _info_nce_dense
-from ._info_nce_tiled import _TiledInfoNCE
-from ._siglip_terms import _siglip_dense, _TiledSigLIP
+from ..._checks import check_choice, owner_name
+from ._checks import _as_scale, _as_tensor, _check_pair_inputs, _tile_size
+from ._common import DEFAULT_TILE, NORM_EPS, _auto_tile
+from ._dense import _info_nce_dense
+from ._pairs import _Pairs
+from ._siglip import _siglip_dense, _TiledSigLIP
+from ._tiled import _TiledInfoNCE
 
 __all__ = [
     "DEFAULT_TILE",

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmfuse.functional import _info_nce_tiled as tiled_mod
+from mmfuse.functional.contrastive import _tiled as tiled_mod
 from mmfuse.functional import info_nce, siglip_loss
-from mmfuse.functional._contrastive_common import _auto_tile, _run_row_blocks
+from mmfuse.functional.contrastive._common import _auto_tile, _run_row_blocks
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Boundary checks of mmfuse.functional.modality_dropout (its sampling is tested through
+"""Boundary checks of mmfuse.functional.fusion.modality_dropout (its sampling is tested through
 ModalityDropout in tests/fusion/test_modality_dropout.py)."""
 
 from __future__ import annotations

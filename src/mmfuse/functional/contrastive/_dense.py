@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._contrastive_common import _NEG_INF, _compute_dtype, _prep, _valid_tile
-from ._contrastive_pairs import _Pairs
+from ._common import _NEG_INF, _compute_dtype, _prep, _valid_tile
+from ._pairs import _Pairs
 
 __all__ = ["_info_nce_dense"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_inputs, check_mask, check_tensor
+from ..._checks import check_inputs, check_mask, check_tensor
 
 __all__ = ["masked_cross_attention", "masked_mean"]
 

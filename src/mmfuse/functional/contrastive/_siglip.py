@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._contrastive_common import (
+from ._common import (
     _compute_dtype,
     _embedding_grads,
     _prep,
@@ -17,7 +17,7 @@ from ._contrastive_common import (
     _valid_tile,
     _workers,
 )
-from ._contrastive_pairs import _Pairs
+from ._pairs import _Pairs
 
 __all__ = ["_TiledSigLIP", "_siglip_dense"]
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._contrastive_common import (
+from ._common import (
     _NEG_INF,
     _compute_dtype,
     _embedding_grads,
@@ -39,7 +39,7 @@ from ._contrastive_common import (
     _valid_tile,
     _workers,
 )
-from ._contrastive_pairs import _Pairs
+from ._pairs import _Pairs
 
 __all__ = ["_TiledInfoNCE"]
 

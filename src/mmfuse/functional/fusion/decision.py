@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_same_device, check_tensor
+from ..._checks import check_choice, check_same_device, check_tensor
 
 __all__ = [
     "DECISION_STRATEGIES",

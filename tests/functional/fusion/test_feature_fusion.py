@@ -1,4 +1,4 @@
-"""Boundary checks and empty-row behaviour of mmfuse.functional.feature_fusion."""
+"""Boundary checks and empty-row behaviour of mmfuse.functional.fusion.feature."""
 
 from __future__ import annotations
 

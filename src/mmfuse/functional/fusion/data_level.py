@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_choice, check_same_device, check_size, check_tensor
+from ..._checks import check_choice, check_same_device, check_size, check_tensor
 
 __all__ = [
     "ALIGN_MODES",

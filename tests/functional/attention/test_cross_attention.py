@@ -1,4 +1,4 @@
-"""Boundary checks and empty-row behaviour of mmfuse.functional.cross_attention."""
+"""Boundary checks and empty-row behaviour of mmfuse.functional.attention.cross."""
 
 from __future__ import annotations
 

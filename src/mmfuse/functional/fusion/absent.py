@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .._checks import check_batched, check_same_device, check_tensor
+from ..._checks import check_batched, check_same_device, check_tensor
 
 __all__ = ["fill_absent"]
 

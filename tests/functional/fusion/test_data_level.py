@@ -1,4 +1,4 @@
-"""Boundary checks of mmfuse.functional.data_level (the alignment math is tested through
+"""Boundary checks of mmfuse.functional.fusion.data_level (the alignment math is tested through
 DataLevelFusion in tests/fusion/test_data_level.py)."""
 
 from __future__ import annotations

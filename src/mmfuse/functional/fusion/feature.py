@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import (
+from ..._checks import (
     check_broadcastable,
     check_floating,
     check_mask,

@@ -11,8 +11,8 @@ import math
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_positive, check_size, check_tensor, format_shape
-from ..errors import ShapeError
+from ..._checks import check_choice, check_positive, check_size, check_tensor, format_shape
+from ...errors import ShapeError
 
 __all__ = [
     "dct_matrix",

@@ -1,6 +1,5 @@
-"""Math of the conditional generator heads: diffusion schedules and sampler steps, Gaussian KL
-and reparameterisation, classifier-free guidance, timestep embeddings, and the consistency
-score that checks generation against its condition.
+"""Diffusion math of the conditional generator heads: noise schedules, the forward process,
+DDPM/DDIM sampler steps, classifier-free guidance and timestep embeddings.
 
 Conventions (DDPM, Ho et al. 2020; DDIM, Song et al. 2021; v-prediction, Salimans & Ho 2022):
 ``alpha_bar[t] = prod_{s<=t} (1 - beta[s])`` for ``t = 0 .. T-1``; ``x_t = sqrt(alpha_bar[t]) x_0
@@ -12,16 +11,14 @@ over the trailing dimensions of the target.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, cast
+from typing import cast
 
 import torch
 from torch import Tensor
 
-from .._checks import (
-    check_broadcast_together,
+from ..._checks import (
     check_choice,
     check_data,
-    check_floating,
     check_interval,
     check_like,
     check_positive,
@@ -31,20 +28,16 @@ from .._checks import (
 )
 
 __all__ = [
-    "ConsistencyScore",
     "alphas_cumprod",
     "beta_schedule",
     "classifier_free_guidance",
-    "consistency_score",
     "cosine_beta_schedule",
     "ddim_step",
     "ddpm_step",
-    "gaussian_kl",
     "linear_beta_schedule",
     "posterior_mean_variance",
     "predict_start",
     "q_sample",
-    "reparameterize",
     "timestep_embedding",
     "v_target",
 ]
@@ -267,49 +260,6 @@ def classifier_free_guidance(cond_out: Tensor, uncond_out: Tensor, scale: float)
     return uncond_out + scale * (cond_out - uncond_out)
 
 
-# ----------------------------------------------------------------------------- Gaussians
-
-
-def reparameterize(mean: Tensor, logvar: Tensor, noise: Tensor) -> Tensor:
-    """``mean + exp(logvar / 2) noise``: a differentiable draw from N(mean, exp(logvar)).
-
-    Shape: mean, logvar, noise: floating, broadcastable together; output: their broadcast.
-    """
-    owner = "reparameterize"
-    args = {"mean": mean, "logvar": logvar, "noise": noise}
-    for arg, x in args.items():
-        check_floating(x, owner=owner, arg=arg)
-    check_broadcast_together(args, owner=owner)
-    check_same_device(args, owner=owner)
-    return mean + torch.exp(0.5 * logvar) * noise
-
-
-def gaussian_kl(
-    mean: Tensor,
-    logvar: Tensor,
-    prior_mean: Tensor | None = None,
-    prior_logvar: Tensor | None = None,
-) -> Tensor:
-    """KL(N(mean, exp(logvar)) || N(prior_mean, exp(prior_logvar))) of diagonal Gaussians,
-    summed over the last dimension; the prior defaults to N(0, I).
-
-    Computed in float32 at least (float64 stays float64).
-
-    Shape: all (B, D) (the prior broadcastable); output (B,).
-    """
-    n = check_tensor(mean, "B D", owner="gaussian_kl", arg="mean")
-    check_tensor(logvar, "B D", owner="gaussian_kl", arg="logvar", B=n["B"], D=n["D"])
-    work = torch.promote_types(mean.dtype, torch.float32)
-    mq, lq = mean.to(work), logvar.to(work)
-    if prior_mean is None and prior_logvar is None:
-        kl = 0.5 * (lq.exp() + mq.square() - 1 - lq)
-    else:
-        mp = torch.zeros_like(mq) if prior_mean is None else prior_mean.to(work)
-        lp = torch.zeros_like(lq) if prior_logvar is None else prior_logvar.to(work)
-        kl = 0.5 * (lp - lq + (lq.exp() + (mq - mp).square()) * torch.exp(-lp) - 1)
-    return kl.sum(-1)
-
-
 # ----------------------------------------------------------------------------- embeddings
 
 
@@ -332,54 +282,3 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     if dim % 2:
         emb = torch.nn.functional.pad(emb, (0, 1))
     return emb
-
-
-# ----------------------------------------------------------------------------- consistency
-
-
-class ConsistencyScore(NamedTuple):
-    """How well generated samples agree with their conditions in a shared embedding space.
-
-    Attributes:
-        cosine: Mean cosine similarity between each sample and its own condition, scalar.
-        retrieval_accuracy: Fraction of samples whose own condition scores highest among all
-            N conditions (ties count as a hit, so repeated conditions, e.g. one per class
-            label, are not penalised), scalar.
-        per_sample: (N,) cosine similarity of each sample with its condition.
-    """
-
-    cosine: Tensor
-    retrieval_accuracy: Tensor
-    per_sample: Tensor
-
-
-def consistency_score(generated_emb: Tensor, condition_emb: Tensor) -> ConsistencyScore:
-    """The source document's alignment check for generation: embed the generated samples and
-    their conditions with aligned encoders, then measure cosine agreement and retrieval of the
-    condition given the sample.
-
-    Args:
-        generated_emb: (N, D) embeddings of the generated samples.
-        condition_emb: (N, D) embeddings of the conditions they were generated from, row i
-            being sample i's condition.
-
-    Returns:
-        :class:`ConsistencyScore`; computed in float32 at least.
-
-    Example:
-        >>> cond = torch.eye(3)
-        >>> consistency_score(cond + 0.1, cond).retrieval_accuracy
-        tensor(1.)
-    """
-    owner = "consistency_score"
-    n = check_tensor(generated_emb, "N D", owner=owner, arg="generated_emb")
-    check_tensor(condition_emb, "N D", owner=owner, arg="condition_emb", N=n["N"], D=n["D"])
-    if n["N"] == 0:
-        raise ValueError(f"{owner}: expected at least one pair to score, got N=0.")
-    work = torch.promote_types(generated_emb.dtype, torch.float32)
-    g = torch.nn.functional.normalize(generated_emb.to(work), dim=-1)
-    c = torch.nn.functional.normalize(condition_emb.to(work), dim=-1)
-    sim = g @ c.T  # (N, N): sample i against condition j
-    own = sim.diagonal()  # (N,)
-    hits = own >= sim.max(dim=1).values
-    return ConsistencyScore(own.mean(), hits.to(work).mean(), own)

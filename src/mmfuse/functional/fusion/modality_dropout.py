@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_probability, check_tensor
+from ..._checks import check_probability, check_tensor
 
 __all__ = ["modality_dropout"]
 

@@ -8,9 +8,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .._checks import check_positive, check_tensor, format_shape, owner_name
-from ._contrastive_common import DEFAULT_TILE
-from ._contrastive_pairs import _Pairs
+from ..._checks import check_positive, check_tensor, format_shape, owner_name
+from ._common import DEFAULT_TILE
+from ._pairs import _Pairs
 
 __all__ = [
     "_Inputs",

@@ -1,4 +1,4 @@
-"""Boundary checks of mmfuse.functional.decision.decision_fusion (the fusion math itself is
+"""Boundary checks of mmfuse.functional.fusion.decision.decision_fusion (the fusion math itself is
 tested through DecisionFusion in tests/fusion/test_decision_level.py)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmfuse import ShapeError
-from mmfuse.functional.decision import decision_fusion
+from mmfuse.functional.fusion.decision import decision_fusion
 from mmfuse.fusion import DecisionFusion
 
 B, M, C = 4, 3, 5
@@ -76,7 +76,7 @@ def test_nan_config_values_are_refused() -> None:
 
 
 def _single_strategies() -> list[tuple[str, str, object]]:
-    from mmfuse.functional import decision as d
+    from mmfuse.functional.fusion import decision as d
 
     return [("weighted_mean", "probs", d.weighted_mean), ("soft_vote", "probs", d.soft_vote),
             ("product_of_experts", "log_probs", d.product_of_experts),
@@ -108,7 +108,7 @@ def test_single_strategies_check_their_inputs(name: str, arg: str, fn) -> None: 
 
 
 def test_single_strategy_device_mismatch_is_named() -> None:
-    from mmfuse.functional.decision import weighted_mean
+    from mmfuse.functional.fusion.decision import weighted_mean
 
     probs, obs = _inputs()
     with pytest.raises(ValueError, match=r"^weighted_mean: expected `weights` on cpu like "
