@@ -16,6 +16,9 @@ _EXTRA_OF = {
     "matplotlib": ("matplotlib", "demo"),
     "tqdm": ("tqdm", "demo"),
     "scipy": ("scipy", "data"),
+    "onnx": ("onnx", "export"),
+    "onnxruntime": ("onnxruntime", "export"),
+    "onnxscript": ("onnxscript", "export"),
 }
 
 
