@@ -24,12 +24,15 @@ from ..fusion import (
     LowRankTensorFusion,
     ModalityDropout,
 )
+from ._utd_prep import _time_warp
 
 __all__ = ["FEATURE_FUSIONS", "DecisionHead", "FusionHead", "build_model", "pool"]
 
 NUM_CLASSES = 27
 DIM = 128
 FEATURE_FUSIONS = ("attention", "gated", "low_rank", "cross_attention")
+#: Inertial sequences are resampled to this many steps (chosen on the training subjects).
+INERTIAL_STEPS = 100
 
 
 class _ConvBlock(nn.Module):
@@ -49,17 +52,26 @@ class _ConvBlock(nn.Module):
 
 
 class TemporalEncoder(nn.Module):
-    """(B, T, C) steps with a (B, T) mask -> tokens (B, T/4, DIM) and their mask."""
+    """(B, T, C) steps with a (B, T) mask -> tokens (B, T/4, DIM) and their mask.
 
-    def __init__(self, cin: int, strides: Sequence[int] = (2, 2, 1), dropout: float = 0.1) -> None:
+    With ``resample=L`` each row's valid steps are first linearly resampled to exactly L
+    steps (every sequence then spans the same number of steps, whatever its duration)."""
+
+    def __init__(self, cin: int, strides: Sequence[int] = (2, 2, 1), dropout: float = 0.1,
+                 resample: int | None = None) -> None:
         super().__init__()
         dims = [cin, 64, DIM, DIM][: len(strides) + 1]
         dims[-1] = DIM
         self.blocks = nn.ModuleList(
             _ConvBlock(a, b, s) for a, b, s in zip(dims[:-1], dims[1:], strides))
         self.drop = nn.Dropout(dropout)
+        self.resample = resample
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        if self.resample is not None:
+            n = mask.sum(1)
+            x, mask = _time_warp(x, n, self.resample / n.clamp_min(1).to(torch.float64),
+                                 torch.zeros(n.shape, dtype=torch.float64))
         for block in self.blocks:
             x, mask = block(x, mask)
         return self.drop(x) * mask[..., None], mask
@@ -119,7 +131,7 @@ class DepthEncoder(nn.Module):
 
 def make_encoder(sensor: str) -> nn.Module:
     if sensor == "inertial":
-        return TemporalEncoder(6)
+        return TemporalEncoder(6, resample=INERTIAL_STEPS)
     if sensor == "skeleton":
         return SkeletonEncoder()
     if sensor == "depth":
