@@ -46,15 +46,20 @@ from ._dense import _info_nce_dense
 from ._pairs import _Pairs
 from ._siglip import _siglip_dense, _TiledSigLIP
 from ._tiled import _TiledInfoNCE
+from .supcon import VARIANTS, nt_xent_loss, supcon_loss
 
 __all__ = [
     "DEFAULT_TILE",
     "NORM_EPS",
+    "REDUCTIONS",
+    "VARIANTS",
     "InfoNCETerms",
     "info_nce",
     "info_nce_terms",
     "make_pairs",
+    "nt_xent_loss",
     "siglip_loss",
+    "supcon_loss",
 ]
 
 
