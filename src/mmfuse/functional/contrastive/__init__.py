@@ -40,8 +40,8 @@ import torch
 from torch import Tensor
 
 from ..._checks import check_choice, owner_name
-from ._checks import _as_scale, _as_tensor, _check_pair_inputs, _tile_size
-from ._common import DEFAULT_TILE, NORM_EPS, _auto_tile
+from ._checks import _as_scale, _as_tensor, _check_pair_inputs, _tile_for
+from ._common import DEFAULT_TILE, NORM_EPS, REDUCTIONS
 from ._dense import _info_nce_dense
 from ._pairs import _Pairs
 from ._siglip import _siglip_dense, _TiledSigLIP
@@ -117,13 +117,7 @@ def make_pairs(n_q: int, n_k: int, *, offset: int = 0, groups_q: Tensor | None =
 
 def _chunk(chunk_size: object, a: Tensor, owner: object) -> int | None:
     """The tile size (None: dense); ``"auto"`` and None pick it from B, D and the threads."""
-    n = a.shape[0]
-    tile = _tile_size(chunk_size, n, n, owner=owner)
-    if tile is None or not (chunk_size is None or chunk_size == "auto"):
-        return tile
-    if torch.compiler.is_compiling():
-        return tile
-    return _auto_tile(n, n, a.shape[1], torch.get_num_threads())
+    return _tile_for(chunk_size, a.shape[0], a.shape[0], a.shape[1], owner=owner)
 
 
 def _weighted_mean(terms: Tensor, count: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:

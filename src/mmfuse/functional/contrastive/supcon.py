@@ -27,8 +27,8 @@ from torch import Tensor
 
 from ..._checks import check_choice, check_tensor, format_shape, owner_name
 from ...errors import ShapeError
-from ._checks import _as_scale, _check_weights, _tile_size
-from ._common import REDUCTIONS, _anchor_weights, _auto_tile
+from ._checks import _as_scale, _check_weights, _tile_for
+from ._common import REDUCTIONS, _anchor_weights
 from ._pairs import _Pairs
 from ._rows import RowStats, _rows
 
@@ -121,15 +121,6 @@ def _check_options(variant: object, reduction: object, *, owner: object) -> None
         )
 
 
-def _tile_for(chunk_size: object, n: int, dim: int, owner: object) -> int | None:
-    tile = _tile_size(chunk_size, n, n, owner=owner)
-    if tile is None or not (chunk_size is None or chunk_size == "auto"):
-        return tile
-    if torch.compiler.is_compiling():
-        return tile
-    return _auto_tile(n, n, dim, torch.get_num_threads())
-
-
 def _supcon(features: Tensor, labels: Tensor | None, scale: Tensor, *, variant: str,
             normalize: bool, weights: Tensor | None, reduction: str,
             chunk_size: int | str | None, owner: object) -> Tensor:
@@ -137,7 +128,7 @@ def _supcon(features: Tensor, labels: Tensor | None, scale: Tensor, *, variant: 
     _check_options(variant, reduction, owner=owner)
     flat = _flatten(features, labels, weights, owner=owner)
     n = flat.z.shape[0]
-    tile = _tile_for(chunk_size, n, flat.z.shape[1], owner)
+    tile = _tile_for(chunk_size, n, n, flat.z.shape[1], owner=owner)
     st = _rows(flat.z, flat.z, scale, pairs=_Pairs("group", n, n, gq=flat.ids, gk=flat.ids),
                self_offset=0, vq=flat.valid, vk=flat.valid, normalize=normalize,
                lse_p=variant == "in", tile=tile)
