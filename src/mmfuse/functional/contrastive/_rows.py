@@ -7,7 +7,7 @@ an anchor's own row out) and the positives ``P_i`` (a subset of ``C_i``):
 - ``lse_c[i] = logsumexp_{j in C_i} L[i, j]`` (-inf when C_i is empty),
 - ``sum_p[i] = sum_{p in P_i} L[i, p]``,
 - ``lse_p[i] = logsumexp_{p in P_i} L[i, p]`` (-inf when P_i is empty; only when asked),
-- ``count[i] = |P_i|`` (not differentiable).
+- ``n_pos[i] = |P_i|`` (not differentiable).
 
 Supervised contrastive losses and InfoNCE against explicit negatives are simple functions of
 these, which autograd composes. :class:`_TiledRows` computes them in (tile x tile) blocks,
@@ -38,7 +38,7 @@ from ._common import (
 from ._pairs import _Pairs
 from ._tiled import _rounding, _tile_lse64
 
-__all__ = ["RowStats", "_row_masks", "_rows", "_rows_dense", "_TiledRows"]
+__all__ = ["RowStats", "_TiledRows", "_row_masks", "_rows", "_rows_dense"]
 
 
 class RowStats(NamedTuple):
@@ -47,7 +47,7 @@ class RowStats(NamedTuple):
     lse_c: Tensor
     sum_p: Tensor
     lse_p: Tensor
-    count: Tensor
+    n_pos: Tensor
 
 
 def _row_masks(pairs: _Pairs | None, self_offset: int | None, vq: Tensor | None,
@@ -103,10 +103,10 @@ class _TiledRows(torch.autograd.Function):
         vq, vk, tile = cfg["vq"], cfg["vk"], cfg["tile"]
         qh, kh = _prep(q, vq, cfg["normalize"], ct), _prep(k, vk, cfg["normalize"], ct)
         n_q, n_k = qh.shape[0], kh.shape[0]
-        f64 = {"dtype": torch.float64}
-        lse_c = qh.new_full((n_q,), _NEG_INF, **f64)
-        lse_p = qh.new_full((n_q,), _NEG_INF, **f64)
-        sum_p, count = qh.new_zeros(n_q, **f64), qh.new_zeros(n_q, **f64)
+        f64 = torch.float64
+        lse_c = qh.new_full((n_q,), _NEG_INF, dtype=f64)
+        lse_p = qh.new_full((n_q,), _NEG_INF, dtype=f64)
+        sum_p, count = qh.new_zeros(n_q, dtype=f64), qh.new_zeros(n_q, dtype=f64)
         workers = _workers(qh, len(_tiles(n_q, tile)))
 
         def body(w: int, i0: int, i1: int) -> None:  # writes rows i0:i1 only
@@ -142,7 +142,7 @@ class _TiledRows(torch.autograd.Function):
         s = scale.detach().to(ct)
         qh, kh = _prep(q, vq, cfg["normalize"], ct), _prep(k, vk, cfg["normalize"], ct)
         n_q, n_k = qh.shape[0], kh.shape[0]
-        coef = []  # (per-row coefficient, the row's log-normaliser) of each softmax term
+        coef: list[tuple[Tensor, Tensor] | None] = []  # (per-row coefficient, the row's log-normaliser) of each softmax term
         for g, n64 in ((g_c, ctx.lse64[0]), (g_p, ctx.lse64[1])):
             if g is None or (n64 is ctx.lse64[1] and not cfg["lse_p"]):
                 coef.append(None)

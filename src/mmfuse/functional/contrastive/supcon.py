@@ -101,12 +101,12 @@ def _flatten(features: object, labels: object, weights: object, *, owner: object
 
 def _supcon_terms(st: RowStats, variant: str) -> Tensor:
     """Per-anchor loss from the row statistics; 0 for anchors without a positive."""
-    has = st.count > 0
+    has = st.n_pos > 0
     lse_c = st.lse_c.where(has, 0.0)  # finite everywhere: no inf - inf in unused rows
     if variant == "out":
-        term = lse_c - st.sum_p / st.count.clamp_min(1)
+        term = lse_c - st.sum_p / st.n_pos.clamp_min(1)
     else:
-        term = lse_c - st.lse_p.where(has, 0.0) + st.count.clamp_min(1).log()
+        term = lse_c - st.lse_p.where(has, 0.0) + st.n_pos.clamp_min(1).log()
     return term.where(has, 0.0)
 
 
@@ -133,7 +133,7 @@ def _supcon(features: Tensor, labels: Tensor | None, scale: Tensor, *, variant: 
                self_offset=0, vq=flat.valid, vk=flat.valid, normalize=normalize,
                lse_p=variant == "in", tile=tile)
     term = _supcon_terms(st, variant)
-    w = _anchor_weights(st.count, flat.weights, reduction)
+    w = _anchor_weights(st.n_pos, flat.weights, reduction)
     loss = (w * term).sum() / w.sum().clamp_min(torch.finfo(term.dtype).tiny)
     return loss.to(torch.promote_types(features.dtype, scale.dtype))
 
