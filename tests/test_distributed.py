@@ -199,9 +199,9 @@ SAME = {
                   r"dtype on every rank \(all_gather_with_grad\), got rank 0: \(3, 6\) float32, "
                   r"rank 1: \(3, 5\) float32, rank 2: \(3, 6\) float32\."),
     "options": ("ValueError", r"InfoNCELoss: expected the same options on every rank, got rank 0: "
-                r"positives None, weights None, direction 'both'; rank 1: positives None, weights "
-                r"a float tensor, direction 'both'; rank 2: positives None, weights None, "
-                r"direction 'both'\."),
+                r"positives None, weights None, direction 'both', negatives None; rank 1: positives None, weights "
+                r"a float tensor, direction 'both', negatives None; rank 2: positives None, weights None, "
+                r"direction 'both', negatives None\."),
     "all-empty": ("ValueError", r"info_nce_gathered: expected at least one row of `a` and `b` "
                   r"across the ranks, got B=0 on every rank\."),
 }
