@@ -66,9 +66,9 @@ def test_explicit_negatives_match_the_formula(which, chunk):
     neg = shared if which == "shared" else own
     w = torch.rand(7, dtype=torch.float64) + 0.5
     for kw in ({}, {"weights": w}, {"label_smoothing": 0.1}):
-        got = _grads(lambda x, y, n: info_nce(x, y, temperature=0.1, negatives=n,
-                                              chunk_size=chunk, **kw), a, b, neg)
-        want = _grads(lambda x, y, n: negatives_reference(
+        got = _grads(lambda x, y, n, kw=kw: info_nce(x, y, temperature=0.1, negatives=n,
+                                                     chunk_size=chunk, **kw), a, b, neg)
+        want = _grads(lambda x, y, n, kw=kw: negatives_reference(
             x, y, n, 0.1, kw.get("weights"), kw.get("label_smoothing", 0.0)), a, b, neg)
         for g, r in zip(got, want):
             assert _rel(g, r) < 1e-10

@@ -75,9 +75,9 @@ def test_supcon_matches_the_paper_formula(variant, chunk):
     w = torch.rand(12, dtype=torch.float64) + 0.5
     w[3] = 0
     for kw in ({}, {"weights": w}):
-        got, g = _grad(lambda x: supcon_loss(x, y, temperature=0.2, variant=variant,
-                                             chunk_size=chunk, **kw), z)
-        want, gw = _grad(lambda x: reference(x, y, 0.2, variant, kw.get("weights")), z)
+        got, g = _grad(lambda x, kw=kw: supcon_loss(x, y, temperature=0.2, variant=variant,
+                                                    chunk_size=chunk, **kw), z)
+        want, gw = _grad(lambda x, kw=kw: reference(x, y, 0.2, variant, kw.get("weights")), z)
         assert _rel(got, want) < 1e-10
         assert _rel(g, gw) < 1e-10
 
@@ -85,7 +85,7 @@ def test_supcon_matches_the_paper_formula(variant, chunk):
 def test_supcon_pair_reduction_matches_the_reference():
     z, y = _data(n=14, classes=3, seed=2)
     for chunk in (None, 4):
-        got, g = _grad(lambda x: supcon_loss(x, y, reduction="pair", chunk_size=chunk), z)
+        got, g = _grad(lambda x, c=chunk: supcon_loss(x, y, reduction="pair", chunk_size=c), z)
         want, gw = _grad(lambda x: reference(x, y, 0.1, reduction="pair"), z)
         assert _rel(got, want) < 1e-10 and _rel(g, gw) < 1e-10
     # with uneven groups the two reductions differ
@@ -103,8 +103,8 @@ def test_supcon_matches_pytorch_metric_learning(chunk):
     pml = pytest.importorskip("pytorch_metric_learning.losses")
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
         z, y = _data(n=16, d=8, classes=5, seed=1, dtype=dtype)
-        got, g = _grad(lambda x: supcon_loss(x, y, temperature=0.1, chunk_size=chunk), z)
-        want, gw = _grad(lambda x: pml.SupConLoss(temperature=0.1)(x, y), z)
+        got, g = _grad(lambda x, y=y: supcon_loss(x, y, temperature=0.1, chunk_size=chunk), z)
+        want, gw = _grad(lambda x, y=y: pml.SupConLoss(temperature=0.1)(x, y), z)
         assert _rel(got, want) < tol
         assert _rel(g, gw) < tol
 
@@ -171,7 +171,8 @@ def test_tiled_gradcheck_float64():
     t = torch.tensor(0.3, dtype=torch.float64)
     for variant in ("out", "in"):
         assert torch.autograd.gradcheck(
-            lambda x, temp: supcon_loss(x, y, temperature=temp, variant=variant, chunk_size=4),
+            lambda x, temp, v=variant: supcon_loss(x, y, temperature=temp, variant=v,
+                                                   chunk_size=4),
             (z.clone().requires_grad_(), t.clone().requires_grad_()))
 
 
@@ -180,12 +181,13 @@ def test_anchors_without_a_positive_are_left_out_and_nothing_is_nan():
     y = torch.tensor([0, 0, 1, 2, 3, 4])  # only anchors 0 and 1 have a positive
     for chunk in (None, 2):
         for variant in ("out", "in"):
-            got, g = _grad(lambda x: supcon_loss(x, y, variant=variant, chunk_size=chunk), z)
+            got, g = _grad(lambda x, v=variant, c=chunk: supcon_loss(x, y, variant=v,
+                                                                     chunk_size=c), z)
             assert _rel(got, reference(z, y, 0.1, variant)) < 1e-10
             assert torch.isfinite(g).all()
     # no anchor has a positive: the loss is 0, gradients 0 (pytorch-metric-learning: 0 too)
     for chunk in (None, 2):
-        got, g = _grad(lambda x: supcon_loss(x, torch.arange(6), chunk_size=chunk), z)
+        got, g = _grad(lambda x, c=chunk: supcon_loss(x, torch.arange(6), chunk_size=c), z)
         assert got == 0 and (g == 0).all()
     # one sample: no candidate at all
     got, g = _grad(lambda x: supcon_loss(x, torch.zeros(1, dtype=torch.long)), z[:1])
@@ -209,7 +211,7 @@ def test_removed_samples_do_not_matter_even_nan():
     z2 = z.clone()
     z2[2] = float("nan")
     for chunk in (None, 3):
-        got, g = _grad(lambda x: supcon_loss(x, y, weights=w, chunk_size=chunk), z2)
+        got, g = _grad(lambda x, c=chunk: supcon_loss(x, y, weights=w, chunk_size=c), z2)
         assert _rel(got, reference(z, y, 0.1, weights=w.double())) < 1e-10
         assert torch.isfinite(g).all() and (g[2] == 0).all()
 
