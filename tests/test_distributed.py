@@ -131,13 +131,12 @@ def free_port() -> int:
 _RUNS: dict[int, list[dict[str, Any]]] = {}
 
 
-def run_world(world: int) -> list[dict[str, Any]]:
-    """Spawn ``world`` ranks once per test session; every rank's results, in rank order."""
-    if world in _RUNS:
-        return _RUNS[world]
+def spawn_world(target: Any, world: int) -> list[dict[str, Any]]:
+    """Run ``target(rank, world, port, out_dir)`` on ``world`` gloo ranks; each rank's results
+    (saved to ``out_dir/{rank}.pt``), in rank order."""
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = mp.start_processes(worker, args=(world, free_port(), tmp), nprocs=world,
+        ctx = mp.start_processes(target, args=(world, free_port(), tmp), nprocs=world,
                                  join=False, start_method="spawn")
         deadline = time.monotonic() + JOIN_TIMEOUT
         try:
@@ -149,7 +148,13 @@ def run_world(world: int) -> list[dict[str, Any]]:
                 if p.is_alive():
                     p.kill()
                     p.join(5)
-        _RUNS[world] = [torch.load(os.path.join(tmp, f"{r}.pt")) for r in range(world)]
+        return [torch.load(os.path.join(tmp, f"{r}.pt")) for r in range(world)]
+
+
+def run_world(world: int) -> list[dict[str, Any]]:
+    """Spawn ``world`` ranks once per test session; every rank's results, in rank order."""
+    if world not in _RUNS:
+        _RUNS[world] = spawn_world(worker, world)
     return _RUNS[world]
 
 
