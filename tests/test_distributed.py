@@ -100,10 +100,15 @@ def run_error_case(rank: int, world: int, case: str) -> Any:
     raise AssertionError(case)
 
 
-def worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def init_rank(rank: int, world: int, port: int) -> None:
+    """Join the gloo group on 127.0.0.1 (one thread per rank, collectives time out at 60 s)."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, timeout=timedelta(seconds=60))
+
+
+def worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    init_rank(rank, world, port)
     results: dict[str, Any] = {}
     try:
         for name, sizes, config in LOSS_CASES:

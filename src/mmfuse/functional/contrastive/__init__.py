@@ -1,4 +1,5 @@
-"""Contrastive losses: symmetric InfoNCE and the pairwise sigmoid (SigLIP) loss.
+"""Contrastive losses: symmetric InfoNCE (with explicit negatives), the pairwise sigmoid
+(SigLIP) loss, and the self-contrast losses SupCon and NT-Xent (:mod:`.supcon`).
 
 Both come in two exact formulations that give the same values and gradients:
 
@@ -26,10 +27,12 @@ Definitions (``L[i, j] = scale * <a_i, b_j> + bias``; P the positive pairs; V th
   ``z_ij = +1`` for positive pairs and -1 otherwise (Zhai et al., 2023: the sum over pairs
   divided by the batch size).
 
-This package's ``__init__`` holds the public API; the formulations live in private modules
-beside it: ``_dense`` and ``_tiled`` (InfoNCE), ``_siglip`` (SigLIP, both paths), ``_pairs``
-(the positive-pair spec), ``_checks`` (argument validation) and ``_common`` (the constants and
-the helpers both losses share).
+This package's ``__init__`` holds the public API (and :mod:`.supcon` that of SupCon and
+NT-Xent); the formulations live in private modules beside it: ``_dense`` and ``_tiled``
+(InfoNCE), ``_siglip`` (SigLIP, both paths), ``_rows`` (per-anchor log-sum-exps and sums over
+positives, dense or tiled: SupCon and explicit negatives), ``_negatives`` (InfoNCE against
+explicit negatives), ``_pairs`` (the positive-pair spec), ``_checks`` (argument validation)
+and ``_common`` (the constants and the helpers the losses share).
 """
 
 from __future__ import annotations
