@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmfuse import ShapeError
 from mmfuse.functional import nt_xent_loss, supcon_loss
@@ -262,3 +263,37 @@ def test_errors():
     with pytest.raises(ShapeError, match=r"nt_xent_loss: expected `b` of shape \(B, D\) with "
                                          r"B=12, D=5, got \(12, 4\)\."):
         nt_xent_loss(z, z[:, :4])
+
+
+class _LargestTensor(TorchDispatchMode):
+    """The most elements of any tensor an op returns while active (this thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+def test_tiled_path_never_holds_the_full_logit_matrix(variant):
+    n, d, tile = 512, 4, 32
+    z, y = _data(n=n, d=d, classes=20, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one worker: every tile runs in this thread, where the mode is
+    try:
+        sizes = {}
+        for chunk in (None, tile):
+            x = z.clone().requires_grad_()
+            with _LargestTensor() as mode:
+                supcon_loss(x, y, variant=variant, chunk_size=chunk).backward()
+            sizes[chunk] = mode.largest
+    finally:
+        torch.set_num_threads(threads)
+    assert sizes[None] >= n * n  # the dense path does hold it: the check can fail
+    assert sizes[tile] <= max(n * d, tile * tile)  # O(N x D + tile^2)
