@@ -297,3 +297,18 @@ def test_tiled_path_never_holds_the_full_logit_matrix(variant):
         torch.set_num_threads(threads)
     assert sizes[None] >= n * n  # the dense path does hold it: the check can fail
     assert sizes[tile] <= max(n * d, tile * tile)  # O(N x D + tile^2)
+
+
+def test_two_tile_workers_match_one_and_are_reproducible():
+    z, y = _data(n=70, d=6, classes=5, seed=9, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n_threads in (1, 2, 2):  # two workers walk the row blocks with 2 threads
+            torch.set_num_threads(n_threads)
+            results.append(_grad(lambda x: supcon_loss(x, y, variant="in", chunk_size=8), z))
+    finally:
+        torch.set_num_threads(threads)
+    (l1, g1), (l2, g2), (l3, g3) = results
+    assert torch.equal(l2, l3) and torch.equal(g2, g3)  # bitwise, run to run
+    assert _rel(l2, l1) < 1e-6 and _rel(g2, g1) < 1e-5
