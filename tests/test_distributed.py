@@ -100,10 +100,15 @@ def run_error_case(rank: int, world: int, case: str) -> Any:
     raise AssertionError(case)
 
 
-def worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def init_rank(rank: int, world: int, port: int) -> None:
+    """Join the gloo group on 127.0.0.1 (one thread per rank, collectives time out at 60 s)."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, timeout=timedelta(seconds=60))
+
+
+def worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    init_rank(rank, world, port)
     results: dict[str, Any] = {}
     try:
         for name, sizes, config in LOSS_CASES:
@@ -131,13 +136,12 @@ def free_port() -> int:
 _RUNS: dict[int, list[dict[str, Any]]] = {}
 
 
-def run_world(world: int) -> list[dict[str, Any]]:
-    """Spawn ``world`` ranks once per test session; every rank's results, in rank order."""
-    if world in _RUNS:
-        return _RUNS[world]
+def spawn_world(target: Any, world: int) -> list[dict[str, Any]]:
+    """Run ``target(rank, world, port, out_dir)`` on ``world`` gloo ranks; each rank's results
+    (saved to ``out_dir/{rank}.pt``), in rank order."""
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = mp.start_processes(worker, args=(world, free_port(), tmp), nprocs=world,
+        ctx = mp.start_processes(target, args=(world, free_port(), tmp), nprocs=world,
                                  join=False, start_method="spawn")
         deadline = time.monotonic() + JOIN_TIMEOUT
         try:
@@ -149,7 +153,13 @@ def run_world(world: int) -> list[dict[str, Any]]:
                 if p.is_alive():
                     p.kill()
                     p.join(5)
-        _RUNS[world] = [torch.load(os.path.join(tmp, f"{r}.pt")) for r in range(world)]
+        return [torch.load(os.path.join(tmp, f"{r}.pt")) for r in range(world)]
+
+
+def run_world(world: int) -> list[dict[str, Any]]:
+    """Spawn ``world`` ranks once per test session; every rank's results, in rank order."""
+    if world not in _RUNS:
+        _RUNS[world] = spawn_world(worker, world)
     return _RUNS[world]
 
 
@@ -199,9 +209,9 @@ SAME = {
                   r"dtype on every rank \(all_gather_with_grad\), got rank 0: \(3, 6\) float32, "
                   r"rank 1: \(3, 5\) float32, rank 2: \(3, 6\) float32\."),
     "options": ("ValueError", r"InfoNCELoss: expected the same options on every rank, got rank 0: "
-                r"positives None, weights None, direction 'both'; rank 1: positives None, weights "
-                r"a float tensor, direction 'both'; rank 2: positives None, weights None, "
-                r"direction 'both'\."),
+                r"positives None, weights None, direction 'both', negatives None; rank 1: positives None, weights "
+                r"a float tensor, direction 'both', negatives None; rank 2: positives None, weights None, "
+                r"direction 'both', negatives None\."),
     "all-empty": ("ValueError", r"info_nce_gathered: expected at least one row of `a` and `b` "
                   r"across the ranks, got B=0 on every rank\."),
 }

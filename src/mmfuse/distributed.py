@@ -1,5 +1,5 @@
 """torch.distributed helpers: a differentiable all-gather for uneven batches, and the gathered
-InfoNCE loss behind ``InfoNCELoss(gather=True)``.
+losses behind ``InfoNCELoss(gather=True)`` and ``SupConLoss(gather=True)``.
 
 Gradient scaling of the gathered loss. Each rank computes the loss of its *own* anchors (its
 rows of ``a`` against every rank's ``b``, and its rows of ``b`` against every rank's ``a``)
@@ -35,7 +35,7 @@ from torch import distributed as dist
 
 from ._checks import check_batched, check_choice, check_tensor, format_shape, owner_name
 from .errors import ShapeError
-from .functional.contrastive import _weighted_mean, info_nce_terms, make_pairs
+from .functional.contrastive import REDUCTIONS, _weighted_mean, info_nce_terms, make_pairs
 from .functional.contrastive._checks import (
     _check_pair_inputs,
     _check_positives,
@@ -43,8 +43,24 @@ from .functional.contrastive._checks import (
     _Inputs,
     _tile_size,
 )
+from .functional.contrastive._common import _anchor_weights
+from .functional.contrastive._negatives import _check_negatives, _info_nce_negatives
+from .functional.contrastive._rows import _rows
+from .functional.contrastive.supcon import (
+    VARIANTS,
+    _check_options,
+    _flatten,
+    _supcon,
+    _supcon_terms,
+)
 
-__all__ = ["all_gather_with_grad", "gather_sizes", "info_nce_gathered", "is_distributed"]
+__all__ = [
+    "all_gather_with_grad",
+    "gather_sizes",
+    "info_nce_gathered",
+    "is_distributed",
+    "supcon_gathered",
+]
 
 # every dtype torch defines, in a fixed order: its index is the dtype's code in the header
 _DTYPES = sorted({v for v in vars(torch).values() if isinstance(v, torch.dtype)}, key=str)
@@ -228,10 +244,16 @@ def _gather(x: Tensor, *, group: Any, owner: object, arg: str, error: BaseExcept
 
 
 def _describe_options(extra: tuple[int, ...]) -> str:
-    positives, weights, direction = extra
+    positives, weights, direction, negatives = extra
     w = ("None", "a float tensor", "a bool tensor")[weights]
     d = _DIRECTIONS[direction] if 0 <= direction < len(_DIRECTIONS) else "invalid"
-    return f"positives {'given' if positives else 'None'}, weights {w}, direction {d!r}"
+    neg = ("None", "(M, D)", "(B, M, D)")[negatives]
+    return (f"positives {'given' if positives else 'None'}, weights {w}, direction {d!r}, "
+            f"negatives {neg}")
+
+
+def _weights_code(weights: object) -> int:
+    return 0 if weights is None else 2 if getattr(weights, "dtype", None) == torch.bool else 1
 
 
 def _check_inputs(a: object, b: object, positives: object, weights: object, direction: object,
@@ -267,6 +289,8 @@ def info_nce_gathered(
     chunk_size: int | str | None = "auto",
     owner: object = "info_nce_gathered",
     group: Any = None,
+    negatives: Tensor | None = None,
+    reduction: str = "anchor",
 ) -> Tensor:
     """This rank's share of the InfoNCE loss of the batch gathered from every rank.
 
@@ -282,6 +306,11 @@ def info_nce_gathered(
     rank's inputs fail their checks, or disagree with the other ranks' in trailing shape or
     dtype, every rank raises (the failing rank its own error), and none hangs.
 
+    Explicit ``negatives`` (see :func:`~mmfuse.functional.info_nce`): shared (M_r, D)
+    negatives are gathered from every rank (every query meets the union), per-sample
+    (B_r, M, D) negatives stay with their queries; the shares sum to the single-process loss
+    with the concatenated queries and negatives. ``reduction`` as in ``info_nce``.
+
     Shape:
         - a, b: (B_r, D) on rank r; positives, weights: (B_r,)
         - output: () scalar
@@ -290,8 +319,11 @@ def info_nce_gathered(
     error: BaseException | None = None
     inp: _Inputs | None = None
     try:
+        check_choice(reduction, REDUCTIONS, owner=owner, arg="reduction")
         inp = _check_inputs(a, b, positives, weights, direction, owner=owner,
                             allow_empty=distributed)
+        if negatives is not None:
+            _check_negatives(negatives, a, positives, direction, owner=owner)
     except (TypeError, ValueError) as exc:
         if not distributed:
             raise
@@ -299,8 +331,9 @@ def info_nce_gathered(
     if distributed:
         options = (
             int(positives is not None),
-            0 if weights is None else 2 if getattr(weights, "dtype", None) == torch.bool else 1,
+            _weights_code(weights),
             _DIRECTIONS.index(direction) if direction in _DIRECTIONS else -1,
+            0 if not isinstance(negatives, Tensor) else 1 if negatives.dim() == 2 else 2,
         )
         a_all, sizes = _gather(a, group=group, owner=owner, arg="a", error=error, extra=options,
                                extra_text=_describe_options)
@@ -315,6 +348,10 @@ def info_nce_gathered(
             f"{owner_name(owner)}: expected at least one row of `a` and `b` across the ranks, "
             f"got B=0 on every rank."
         )
+    if negatives is not None:
+        return _negatives_share(a, b, negatives, scale, inp, normalize=normalize,
+                                label_smoothing=label_smoothing, chunk_size=chunk_size,
+                                owner=owner, group=group)
     if positives is not None:
         groups_k = _gather(positives, group=group, owner=owner, arg="positives")[0]
         pairs = make_pairs(n, total, groups_q=positives, groups_k=groups_k)
@@ -331,10 +368,109 @@ def info_nce_gathered(
         t = info_nce_terms(q, k_all, scale, pairs, q_valid=inp.valid, k_valid=v_all,
                            label_smoothing=label_smoothing, rows=True, cols=False,
                            normalize=normalize, tile=tile)
-        num, den = _weighted_mean(t.rows, t.row_positives, inp.weights)
-        den = den.detach().clone()
-        if distributed:
-            dist.all_reduce(den, op=dist.ReduceOp.SUM, group=group)
-        parts.append(num / den.clamp_min(torch.finfo(num.dtype).tiny))
+        num, den = _weighted_mean(t.rows, t.row_positives, inp.weights, reduction)
+        parts.append(_global_mean(num, den, group))
     loss = parts[0] if len(parts) == 1 else (parts[0] + parts[1]) / 2
     return loss.to(torch.promote_types(torch.promote_types(a.dtype, b.dtype), scale.dtype))
+
+
+def _global_mean(num: Tensor, den: Tensor, group: Any) -> Tensor:
+    """This rank's numerator over the denominator summed over every rank (not differentiated)."""
+    den = den.detach().clone()
+    if is_distributed(group):
+        dist.all_reduce(den, op=dist.ReduceOp.SUM, group=group)
+    return num / den.clamp_min(torch.finfo(num.dtype).tiny)
+
+
+def _negatives_share(a: Tensor, b: Tensor, negatives: Tensor, scale: Tensor, inp: _Inputs, *,
+                     normalize: bool, label_smoothing: float, chunk_size: int | str | None,
+                     owner: object, group: Any) -> Tensor:
+    """This rank's share of InfoNCE against explicit negatives (shared ones gathered)."""
+    neg = negatives
+    if negatives.dim() == 2:
+        neg = _gather(negatives, group=group, owner=owner, arg="negatives")[0]
+    tile = _tile_size(chunk_size, a.shape[0], neg.shape[0], owner=owner) \
+        if neg.dim() == 2 else None
+    per = _info_nce_negatives(a, b, neg, scale, valid=inp.valid, normalize=normalize,
+                              eps=float(label_smoothing), tile=tile)
+    num, den = _weighted_mean(per, torch.ones_like(per), inp.weights)
+    loss = _global_mean(num, den, group)
+    out = torch.promote_types(torch.promote_types(a.dtype, b.dtype), neg.dtype)
+    return loss.to(torch.promote_types(out, scale.dtype))
+
+
+def _describe_supcon(extra: tuple[int, ...]) -> str:
+    labels, weights, variant, views = extra
+    w = ("None", "a float tensor", "a bool tensor")[weights]
+    v = VARIANTS[variant] if 0 <= variant < len(VARIANTS) else "invalid"
+    layout = "(N, D)" if views == 0 else f"(B, {views}, D)"
+    return (f"labels {'given' if labels else 'None'}, weights {w}, variant {v!r}, "
+            f"features {layout}")
+
+
+def supcon_gathered(
+    features: Tensor,
+    labels: Tensor | None,
+    scale: Tensor,
+    *,
+    variant: str = "out",
+    normalize: bool = True,
+    weights: Tensor | None = None,
+    reduction: str = "anchor",
+    chunk_size: int | str | None = "auto",
+    owner: object = "supcon_gathered",
+    group: Any = None,
+) -> Tensor:
+    """This rank's share of the supervised contrastive loss of the batch gathered from every
+    rank (:func:`~mmfuse.functional.supcon_loss`; ``SupConLoss(gather=True)``).
+
+    The local embeddings are anchors against every rank's embeddings (their own rows
+    excluded); the sum is divided by the global number (weight) of anchors with a positive,
+    so the shares sum over ranks to ``supcon_loss`` on the concatenated batch, and so do the
+    gradients (as for :func:`info_nce_gathered`). Without labels, the views of a sample are its
+    positives, across ranks too. Ranks may hold uneven or empty batches; every rank must pass
+    ``labels`` and ``weights`` alike, the same ``variant`` and the same number of views.
+
+    Shape:
+        - features: (N_r, D) with labels (N_r,), or (B_r, V, D) with labels (B_r,) or None
+        - output: () scalar
+    """
+    distributed = is_distributed(group)
+    error: BaseException | None = None
+    flat = None
+    try:
+        _check_options(variant, reduction, owner=owner)
+        flat = _flatten(features, labels, weights, owner=owner, allow_empty=distributed)
+    except (TypeError, ValueError) as exc:
+        if not distributed:
+            raise
+        error = exc
+    if not distributed:
+        return _supcon(features, labels, scale, variant=variant, normalize=normalize,
+                       weights=weights, reduction=reduction, chunk_size=chunk_size, owner=owner)
+    options = (int(labels is not None), _weights_code(weights),
+               VARIANTS.index(variant) if variant in VARIANTS else -1,
+               flat.views if flat is not None and features.dim() == 3 else 0)
+    z_all, sizes = _gather(features if flat is None else flat.z, group=group, owner=owner,
+                           arg="features", error=error, extra=options,
+                           extra_text=_describe_supcon)
+    assert flat is not None  # an error was raised on every rank above
+    rank = dist.get_rank(group)
+    n, offset, total = sizes[rank], sum(sizes[:rank]), sum(sizes)
+    if total == 0:
+        raise ValueError(
+            f"{owner_name(owner)}: expected at least one row of `features` across the ranks, "
+            f"got N=0 on every rank."
+        )
+    ids = flat.ids if labels is not None else flat.ids + offset // flat.views
+    ids_all = _gather(ids, group=group, owner=owner, arg="labels")[0]
+    w_all = None if flat.weights is None else _gather(flat.weights.detach(), group=group,
+                                                      owner=owner, arg="weights")[0]
+    v_all = None if w_all is None else (w_all if w_all.dtype == torch.bool else w_all != 0)
+    st = _rows(flat.z, z_all, scale, pairs=make_pairs(n, total, groups_q=ids, groups_k=ids_all),
+               self_offset=offset, vq=flat.valid, vk=v_all, normalize=normalize,
+               lse_p=variant == "in", tile=_tile_size(chunk_size, n, total, owner=owner))
+    term = _supcon_terms(st, variant)
+    w = _anchor_weights(st.n_pos, flat.weights, reduction)
+    loss = _global_mean((w * term).sum(), w.sum(), group)
+    return loss.to(torch.promote_types(features.dtype, scale.dtype))

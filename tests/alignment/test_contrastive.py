@@ -37,7 +37,6 @@ def test_infonce_module_matches_reference_and_scale_gradient():
     (None, 100.0, 0.001, 100.0),    # max only (CLIP's configuration)
     (5.0, None, 1.0, 5.0),           # min only
     (2.0, 50.0, 0.01, 50.0),
-    (None, None, 0.001, 1000.0),     # unclamped
 ])
 def test_scale_is_clamped_functionally(min_scale, max_scale, init_t, want):
     m = InfoNCELoss(temperature=init_t, min_scale=min_scale, max_scale=max_scale)
@@ -47,6 +46,28 @@ def test_scale_is_clamped_functionally(min_scale, max_scale, init_t, want):
     assert torch.equal(m.logit_scale.detach(), before)  # the parameter itself is untouched
     clamped = want != 1.0 / init_t
     assert (m.logit_scale.grad == 0).item() == clamped
+
+
+def test_a_learnable_scale_needs_a_bound():
+    # TorchMultimodal's ContrastiveLossWithTemperature refuses both bounds None the same way
+    with pytest.raises(ValueError, match=r"InfoNCELoss: expected `max_scale` or `min_scale` "
+                                         r"with `learnable=True` .* got both None"):
+        InfoNCELoss(min_scale=None, max_scale=None)
+    fixed = InfoNCELoss(temperature=0.001, min_scale=None, max_scale=None, learnable=False)
+    assert math.isclose(fixed.scale.item(), 1000.0, rel_tol=1e-5)  # unclamped
+
+
+def test_reduction_and_negatives_reach_the_function():
+    g = torch.Generator().manual_seed(2)
+    a, b, n = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g), torch.randn(5, 4)
+    ids = torch.tensor([0, 0, 0, 1, 1, 2])
+    m = InfoNCELoss(temperature=0.1, reduction="pair")
+    assert torch.equal(m(a, b, ids), info_nce(a, b, temperature=m.scale.reciprocal(),
+                                              positives=ids, reduction="pair"))
+    assert torch.equal(m(a, b, negatives=n),
+                       info_nce(a, b, temperature=m.scale.reciprocal(), negatives=n))
+    with pytest.raises(ValueError, match=r"InfoNCELoss: unknown `reduction` 'sum'"):
+        InfoNCELoss(reduction="sum")
 
 
 def test_fixed_scale_is_a_buffer_and_state_dict_round_trips():

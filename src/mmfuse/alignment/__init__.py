@@ -3,7 +3,7 @@ generative (conditional generator heads)."""
 
 from __future__ import annotations
 
-from ..functional.contrastive import info_nce, siglip_loss
+from ..functional.contrastive import info_nce, nt_xent_loss, siglip_loss, supcon_loss
 from .attention import AttentionOutput, SpatioTemporalAttention
 from .contrastive import InfoNCELoss, SigLIPLoss
 from .factorized import FactorizedSpatioTemporalAttention
@@ -20,6 +20,7 @@ from .generative import (
     consistency_score,
 )
 from .graph import ModalityGraphAttention
+from .supcon import SupConLoss
 
 __all__ = [
     "AttentionOutput",
@@ -37,7 +38,10 @@ __all__ = [
     "ModalityGraphAttention",
     "SigLIPLoss",
     "SpatioTemporalAttention",
+    "SupConLoss",
     "consistency_score",
     "info_nce",
+    "nt_xent_loss",
     "siglip_loss",
+    "supcon_loss",
 ]

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_inputs, check_positive, owner_name
-from ..functional.contrastive import _info_nce, _siglip
+from ..functional.contrastive import REDUCTIONS, _info_nce, _siglip
 from ..functional.contrastive._checks import _tile_size
 
 __all__ = ["InfoNCELoss", "SigLIPLoss"]
@@ -24,6 +24,17 @@ def _check_bounds(min_scale: float | None, max_scale: float | None, *, owner: ob
         raise ValueError(
             f"{owner_name(owner)}: expected `min_scale` <= `max_scale`, got "
             f"min_scale={min_scale!r}, max_scale={max_scale!r}."
+        )
+
+
+def _check_learnable_bounds(learnable: bool, min_scale: float | None, max_scale: float | None,
+                            *, owner: object) -> None:
+    """A learnable temperature needs a bound (as TorchMultimodal's loss requires)."""
+    if learnable and min_scale is None and max_scale is None:
+        raise ValueError(
+            f"{owner_name(owner)}: expected `max_scale` or `min_scale` with `learnable=True` "
+            f"(an unbounded learnable scale can overflow the logits), got both None; pass a "
+            f"bound (CLIP: max_scale=100) or learnable=False."
         )
 
 
@@ -62,11 +73,18 @@ class InfoNCELoss(nn.Module):
         direction: ``"both"``, ``"a2b"`` or ``"b2a"``.
         chunk_size: ``"auto"``/None (tiled above 1024 rows) or an int tile size.
         gather: Gather across ``torch.distributed`` ranks when a process group is initialised.
+        reduction: Several positives per anchor: ``"anchor"`` (mean over each anchor's
+            positives, then over anchors) or ``"pair"`` (mean over all positive pairs).
+
+    A learnable scale needs at least one bound (``max_scale`` or ``min_scale``): unbounded,
+    ``exp(logit_scale)`` can grow until the logits overflow; ``learnable=False`` needs none.
 
     Shape:
         - a, b: (B, D), paired by row, B >= 1
         - positives: (B,) integer group ids or (B, B) bool (True = positive pair), optional
         - weights: (B,) float or bool; weight 0 removes a sample as anchor and as candidate
+        - negatives: (M, D) shared or (B, M, D) per sample, optional: explicit negative keys
+          (see :func:`mmfuse.functional.info_nce`)
         - output: () scalar
 
     Example:
@@ -87,13 +105,16 @@ class InfoNCELoss(nn.Module):
         direction: str = "both",
         chunk_size: int | str | None = "auto",
         gather: bool = False,
+        reduction: str = "anchor",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         check_positive(temperature, owner=self, arg="temperature")
         _check_bounds(min_scale, max_scale, owner=self)
+        _check_learnable_bounds(learnable, min_scale, max_scale, owner=self)
         check_choice(direction, ("both", "a2b", "b2a"), owner=self, arg="direction")
+        check_choice(reduction, REDUCTIONS, owner=self, arg="reduction")
         if not 0.0 <= float(label_smoothing) <= 1.0:
             raise ValueError(
                 f"InfoNCELoss: expected `label_smoothing` in [0, 1], got {label_smoothing!r}."
@@ -107,6 +128,7 @@ class InfoNCELoss(nn.Module):
         self.direction = direction
         self.chunk_size = chunk_size
         self.gather = bool(gather)
+        self.reduction = reduction
         init = torch.empty((), device=device, dtype=dtype)
         if self.learnable:
             self.logit_scale = nn.Parameter(init)
@@ -124,14 +146,15 @@ class InfoNCELoss(nn.Module):
         return _clamped_exp(self.logit_scale, self.min_scale, self.max_scale)
 
     def forward(self, a: Tensor, b: Tensor, positives: Tensor | None = None,
-                weights: Tensor | None = None) -> Tensor:
+                weights: Tensor | None = None, negatives: Tensor | None = None) -> Tensor:
         # the loss computes in the embeddings' dtype; its scale must be on their device
-        check_inputs(self, {"a": a, "b": b, "positives": positives, "weights": weights},
-                     dtype=False)
+        check_inputs(self, {"a": a, "b": b, "positives": positives, "weights": weights,
+                            "negatives": negatives}, dtype=False)
         kw: dict[str, Any] = {
             "normalize": self.normalize, "positives": positives, "weights": weights,
             "label_smoothing": self.label_smoothing, "direction": self.direction,
-            "chunk_size": self.chunk_size, "owner": self,
+            "chunk_size": self.chunk_size, "owner": self, "negatives": negatives,
+            "reduction": self.reduction,
         }
         if self.gather:
             from .. import distributed
@@ -145,7 +168,8 @@ class InfoNCELoss(nn.Module):
             f"temperature={self.temperature}, learnable={self.learnable}, "
             f"max_scale={self.max_scale}, min_scale={self.min_scale}, "
             f"normalize={self.normalize}, direction={self.direction!r}, "
-            f"chunk_size={self.chunk_size!r}, gather={self.gather}"
+            f"chunk_size={self.chunk_size!r}, gather={self.gather}, "
+            f"reduction={self.reduction!r}"
         )
 
 

@@ -1,4 +1,5 @@
-"""Contrastive losses: symmetric InfoNCE and the pairwise sigmoid (SigLIP) loss.
+"""Contrastive losses: symmetric InfoNCE (with explicit negatives), the pairwise sigmoid
+(SigLIP) loss, and the self-contrast losses SupCon and NT-Xent (:mod:`.supcon`).
 
 Both come in two exact formulations that give the same values and gradients:
 
@@ -26,10 +27,12 @@ Definitions (``L[i, j] = scale * <a_i, b_j> + bias``; P the positive pairs; V th
   ``z_ij = +1`` for positive pairs and -1 otherwise (Zhai et al., 2023: the sum over pairs
   divided by the batch size).
 
-This package's ``__init__`` holds the public API; the formulations live in private modules
-beside it: ``_dense`` and ``_tiled`` (InfoNCE), ``_siglip`` (SigLIP, both paths), ``_pairs``
-(the positive-pair spec), ``_checks`` (argument validation) and ``_common`` (the constants and
-the helpers both losses share).
+This package's ``__init__`` holds the public API (and :mod:`.supcon` that of SupCon and
+NT-Xent); the formulations live in private modules beside it: ``_dense`` and ``_tiled``
+(InfoNCE), ``_siglip`` (SigLIP, both paths), ``_rows`` (per-anchor log-sum-exps and sums over
+positives, dense or tiled: SupCon and explicit negatives), ``_negatives`` (InfoNCE against
+explicit negatives), ``_pairs`` (the positive-pair spec), ``_checks`` (argument validation)
+and ``_common`` (the constants and the helpers the losses share).
 """
 
 from __future__ import annotations
@@ -40,21 +43,27 @@ import torch
 from torch import Tensor
 
 from ..._checks import check_choice, owner_name
-from ._checks import _as_scale, _as_tensor, _check_pair_inputs, _tile_size
-from ._common import DEFAULT_TILE, NORM_EPS, _auto_tile
+from ._checks import _as_scale, _as_tensor, _check_pair_inputs, _tile_for
+from ._common import DEFAULT_TILE, NORM_EPS, REDUCTIONS, _anchor_weights
 from ._dense import _info_nce_dense
+from ._negatives import _check_negatives, _info_nce_negatives
 from ._pairs import _Pairs
 from ._siglip import _siglip_dense, _TiledSigLIP
 from ._tiled import _TiledInfoNCE
+from .supcon import VARIANTS, nt_xent_loss, supcon_loss
 
 __all__ = [
     "DEFAULT_TILE",
     "NORM_EPS",
+    "REDUCTIONS",
+    "VARIANTS",
     "InfoNCETerms",
     "info_nce",
     "info_nce_terms",
     "make_pairs",
+    "nt_xent_loss",
     "siglip_loss",
+    "supcon_loss",
 ]
 
 
@@ -112,19 +121,14 @@ def make_pairs(n_q: int, n_k: int, *, offset: int = 0, groups_q: Tensor | None =
 
 def _chunk(chunk_size: object, a: Tensor, owner: object) -> int | None:
     """The tile size (None: dense); ``"auto"`` and None pick it from B, D and the threads."""
-    n = a.shape[0]
-    tile = _tile_size(chunk_size, n, n, owner=owner)
-    if tile is None or not (chunk_size is None or chunk_size == "auto"):
-        return tile
-    if torch.compiler.is_compiling():
-        return tile
-    return _auto_tile(n, n, a.shape[1], torch.get_num_threads())
+    return _tile_for(chunk_size, a.shape[0], a.shape[0], a.shape[1], owner=owner)
 
 
-def _weighted_mean(terms: Tensor, count: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
-    """(numerator, denominator) of the weighted mean over anchors that have a positive."""
-    w = torch.ones_like(terms) if weights is None else weights.to(terms.dtype)
-    w = w.where(count > 0, 0.0)
+def _weighted_mean(terms: Tensor, count: Tensor, weights: Tensor | None,
+                   reduction: str = "anchor") -> tuple[Tensor, Tensor]:
+    """(numerator, denominator) of the weighted mean over anchors that have a positive
+    (``reduction="pair"``: each anchor weighted by its number of positives too)."""
+    w = _anchor_weights(count.to(terms.dtype), weights, reduction)
     return (w * terms).sum(), w.sum()
 
 
@@ -140,14 +144,28 @@ def _info_nce(
     direction: str,
     chunk_size: int | str | None,
     owner: object,
+    negatives: Tensor | None = None,
+    reduction: str = "anchor",
 ) -> Tensor:
     """:func:`info_nce` with the logit scale given directly (as the modules store it)."""
-    inp = _check_pair_inputs(a, b, positives, weights, owner=owner)
     check_choice(direction, ("both", "a2b", "b2a"), owner=owner, arg="direction")
+    check_choice(reduction, REDUCTIONS, owner=owner, arg="reduction")
     if not 0.0 <= float(label_smoothing) <= 1.0:
         raise ValueError(
             f"{owner_name(owner)}: expected `label_smoothing` in [0, 1], got {label_smoothing!r}."
         )
+    if negatives is not None:
+        inp = _check_pair_inputs(a, b, None, weights, owner=owner)
+        neg = _check_negatives(negatives, a, positives, direction, owner=owner)
+        tile = _tile_for(chunk_size, a.shape[0], neg.shape[0], a.shape[1], owner=owner) \
+            if neg.dim() == 2 else None
+        per = _info_nce_negatives(a, b, neg, scale, valid=inp.valid, normalize=normalize,
+                                  eps=float(label_smoothing), tile=tile)
+        num, den = _weighted_mean(per, torch.ones_like(per), inp.weights)
+        loss = num / den.clamp_min(torch.finfo(num.dtype).tiny)
+        out = torch.promote_types(torch.promote_types(a.dtype, b.dtype), neg.dtype)
+        return loss.to(torch.promote_types(out, scale.dtype))
+    inp = _check_pair_inputs(a, b, positives, weights, owner=owner)
     tile = _chunk(chunk_size, a, owner)
     rows, cols = direction in ("both", "a2b"), direction in ("both", "b2a")
     t = info_nce_terms(a, b, scale, inp.pairs, q_valid=inp.valid, k_valid=inp.valid,
@@ -155,10 +173,10 @@ def _info_nce(
                        normalize=normalize, tile=tile)
     parts = []
     if rows:
-        num, den = _weighted_mean(t.rows, t.row_positives, inp.weights)
+        num, den = _weighted_mean(t.rows, t.row_positives, inp.weights, reduction)
         parts.append(num / den.clamp_min(torch.finfo(num.dtype).tiny))
     if cols:
-        num, den = _weighted_mean(t.cols, t.col_positives, inp.weights)
+        num, den = _weighted_mean(t.cols, t.col_positives, inp.weights, reduction)
         parts.append(num / den.clamp_min(torch.finfo(num.dtype).tiny))
     loss = parts[0] if len(parts) == 1 else (parts[0] + parts[1]) / 2
     return loss.to(torch.promote_types(torch.promote_types(a.dtype, b.dtype), scale.dtype))
@@ -176,6 +194,8 @@ def info_nce(
     label_smoothing: float = 0.0,
     direction: str = "both",
     chunk_size: int | str | None = None,
+    negatives: Tensor | None = None,
+    reduction: str = "anchor",
 ) -> Tensor:
     """Symmetric InfoNCE between paired embeddings (CLIP's loss; the source's contrastive loss).
 
@@ -204,6 +224,16 @@ def info_nce(
         chunk_size: None or ``"auto"``: tiled when B > :data:`DEFAULT_TILE` (tiles of about
             ``sqrt(2**28 / D)`` rows, at most B / threads), dense otherwise; an int: always
             tiled, with tiles of that many rows and columns.
+        negatives: Explicit negative keys (the info-nce-pytorch interface): (M, D) shared by
+            every query, or (B, M, D), each query's own. Then each ``a_i`` is scored against
+            its positive ``b_i`` and the negatives only, ``-log(e^{L_ii} / (e^{L_ii} +
+            sum_m e^{<a_i, n_m> s}))`` (the other rows of ``b`` are not negatives), in the
+            query direction only (``direction`` "both" or "a2b"); ``positives`` must be None.
+            Shared negatives are tiled over M like the batch (``chunk_size``).
+        reduction: With several positives per anchor: ``"anchor"`` (each anchor's loss is the
+            mean over its positives, then the weighted mean over anchors) or ``"pair"`` (the
+            mean over every (anchor, positive) pair, as pytorch-metric-learning's NTXentLoss
+            averages). The same with one positive per anchor.
 
     Returns:
         The scalar loss, in the promoted dtype of ``a``, ``b`` and a tensor ``temperature``
@@ -213,6 +243,7 @@ def info_nce(
     Shape:
         - a, b: (B, D), B >= 1
         - positives: (B,) integer or (B, B) bool; weights: (B,)
+        - negatives: (M, D) or (B, M, D)
         - output: () scalar
 
     Example:
@@ -227,7 +258,8 @@ def info_nce(
         scale = torch.ones(())
     loss = _info_nce(a, b, scale, normalize=normalize, positives=positives, weights=weights,
                      label_smoothing=label_smoothing, direction=direction,
-                     chunk_size=chunk_size, owner=owner)
+                     chunk_size=chunk_size, owner=owner, negatives=negatives,
+                     reduction=reduction)
     if isinstance(logit_bias, Tensor) and logit_bias.requires_grad:
         loss = loss + 0.0 * logit_bias.sum()  # no effect on the value; a zero gradient
     return loss

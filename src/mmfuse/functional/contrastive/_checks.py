@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..._checks import check_positive, check_tensor, format_shape, owner_name
-from ._common import DEFAULT_TILE
+from ._common import DEFAULT_TILE, _auto_tile
 from ._pairs import _Pairs
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "_check_pair_inputs",
     "_check_positives",
     "_check_weights",
+    "_tile_for",
     "_tile_size",
 ]
 
@@ -115,6 +116,16 @@ def _tile_size(chunk_size: object, n_q: int, n_k: int, *, owner: object) -> int 
             f"got {chunk_size!r}."
         )
     return chunk_size
+
+
+def _tile_for(chunk_size: object, n_q: int, n_k: int, dim: int, *, owner: object) -> int | None:
+    """:func:`_tile_size`, with ``"auto"``/None tiles sized from the rows, D and the threads."""
+    tile = _tile_size(chunk_size, n_q, n_k, owner=owner)
+    if tile is None or not (chunk_size is None or chunk_size == "auto"):
+        return tile
+    if torch.compiler.is_compiling():
+        return tile
+    return _auto_tile(n_q, n_k, dim, torch.get_num_threads())
 
 
 def _as_scale(temperature: float | Tensor, *, owner: object, like: Tensor) -> Tensor:

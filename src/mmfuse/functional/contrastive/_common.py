@@ -15,6 +15,8 @@ from torch import Tensor
 __all__ = [
     "DEFAULT_TILE",
     "NORM_EPS",
+    "REDUCTIONS",
+    "_anchor_weights",
     "_auto_tile",
     "_compute_dtype",
     "_embedding_grads",
@@ -170,3 +172,19 @@ def _embedding_grads(needs: tuple[bool, ...], q: Tensor, k: Tensor, scale: Tenso
     grad_q = _prep_backward(q, vq, normalize, qh, dq.mul_(s)) if needs[0] else None
     grad_k = _prep_backward(k, vk, normalize, kh, dk) if needs[1] else None
     return grad_q, grad_k, grad_scale
+
+
+REDUCTIONS = ("anchor", "pair")
+"""How several positives per anchor are averaged: ``"anchor"`` (each anchor's loss is the mean
+over its positives, then the mean over anchors) or ``"pair"`` (the mean over every
+(anchor, positive) pair, pytorch-metric-learning's convention: an anchor counts as many
+times as it has positives)."""
+
+
+def _anchor_weights(count: Tensor, weights: Tensor | None, reduction: str) -> Tensor:
+    """Each anchor's weight in the loss's mean: its weight (1 by default), times its number of
+    positives for ``reduction="pair"``; 0 for anchors without a positive."""
+    w = torch.ones_like(count) if weights is None else weights.to(count.dtype)
+    if reduction == "pair":
+        w = w * count
+    return w.where(count > 0, 0.0)
