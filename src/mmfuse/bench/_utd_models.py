@@ -31,7 +31,8 @@ __all__ = ["FEATURE_FUSIONS", "DecisionHead", "FusionHead", "build_model", "pool
 NUM_CLASSES = 27
 DIM = 128
 FEATURE_FUSIONS = ("attention", "gated", "low_rank", "cross_attention")
-#: Inertial sequences are resampled to this many steps (chosen on the training subjects).
+#: Inertial sequences are resampled to this many steps (chosen by leave-one-subject-out
+#: cross-validation over the training subjects).
 INERTIAL_STEPS = 100
 
 
@@ -52,29 +53,41 @@ class _ConvBlock(nn.Module):
 
 
 class TemporalEncoder(nn.Module):
-    """(B, T, C) steps with a (B, T) mask -> tokens (B, T/4, DIM) and their mask.
+    """(B, T, C) steps with a (B, T) mask -> tokens (B, T/4, DIM) and their mask."""
 
-    With ``resample=L`` each row's valid steps are first linearly resampled to exactly L
-    steps (every sequence then spans the same number of steps, whatever its duration)."""
-
-    def __init__(self, cin: int, strides: Sequence[int] = (2, 2, 1), dropout: float = 0.1,
-                 resample: int | None = None) -> None:
+    def __init__(self, cin: int, strides: Sequence[int] = (2, 2, 1), dropout: float = 0.1) -> None:
         super().__init__()
         dims = [cin, 64, DIM, DIM][: len(strides) + 1]
         dims[-1] = DIM
         self.blocks = nn.ModuleList(
             _ConvBlock(a, b, s) for a, b, s in zip(dims[:-1], dims[1:], strides))
         self.drop = nn.Dropout(dropout)
-        self.resample = resample
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        if self.resample is not None:
-            n = mask.sum(1)
-            x, mask = _time_warp(x, n, self.resample / n.clamp_min(1).to(torch.float64),
-                                 torch.zeros(n.shape, dtype=torch.float64))
         for block in self.blocks:
             x, mask = block(x, mask)
         return self.drop(x) * mask[..., None], mask
+
+
+class InertialEncoder(nn.Module):
+    """The wrist sensor's (B, T, 6) standardised accelerometer and gyroscope samples,
+    resampled to ``steps`` steps, with each sensor's magnitude and the step-to-step
+    differences of all six channels appended (14 channels), through a ``TemporalEncoder``:
+    -> tokens (B, steps/4, DIM)."""
+
+    def __init__(self, steps: int = 100) -> None:
+        super().__init__()
+        self.steps = steps
+        self.temporal = TemporalEncoder(14)
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        n = mask.sum(1)
+        x, mask = _time_warp(x, n, self.steps / n.clamp_min(1).to(torch.float64),
+                             torch.zeros(n.shape, dtype=torch.float64))
+        diff = F.pad(x[:, 1:] - x[:, :-1], (0, 0, 1, 0))
+        feats = torch.cat([x, x[..., :3].norm(dim=-1, keepdim=True),
+                           x[..., 3:].norm(dim=-1, keepdim=True), diff], dim=-1)
+        return self.temporal(feats * mask[..., None], mask)
 
 
 class SkeletonEncoder(nn.Module):
@@ -131,7 +144,7 @@ class DepthEncoder(nn.Module):
 
 def make_encoder(sensor: str) -> nn.Module:
     if sensor == "inertial":
-        return TemporalEncoder(6, resample=INERTIAL_STEPS)
+        return InertialEncoder(INERTIAL_STEPS)
     if sensor == "skeleton":
         return SkeletonEncoder()
     if sensor == "depth":
