@@ -23,6 +23,7 @@ from .audio import (
     mel_filterbank,
     mel_to_hz,
     mfcc,
+    power_to_db,
     spectrogram,
 )
 from .contrastive import (
@@ -122,6 +123,7 @@ __all__ = [
     "mfcc",
     "modality_dropout",
     "posterior_mean_variance",
+    "power_to_db",
     "predict_start",
     "product_of_experts",
     "q_sample",

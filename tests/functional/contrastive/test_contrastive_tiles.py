@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmfuse.functional.contrastive import _tiled as tiled_mod
 from mmfuse.functional import info_nce, siglip_loss
+from mmfuse.functional.contrastive import _tiled as tiled_mod
 from mmfuse.functional.contrastive._common import _auto_tile, _run_row_blocks
 
 
