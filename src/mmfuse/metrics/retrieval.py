@@ -287,7 +287,8 @@ class RetrievalMetrics:
 
     ``update`` stores detached CPU copies of each batch's query and gallery embeddings (and
     labels, if given); ``compute`` ranks every query against the whole accumulated gallery
-    with :func:`retrieval_metrics`; ``reset`` clears the state. Without labels, queries and
+    with :func:`retrieval_metrics` (chunked: O(chunk x M) memory beyond the stored
+    embeddings), with the same keys and ``ties`` policy; ``reset`` clears the state. Without labels, queries and
     gallery items pair by their position in the accumulated order.
 
     Example:

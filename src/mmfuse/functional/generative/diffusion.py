@@ -117,7 +117,8 @@ def linear_beta_schedule(
     ``rescale=True`` (the default): ``beta[t] = linspace(s * beta_start, s * beta_end,
     num_steps)`` with ``s = 1000 / num_steps`` (Nichol & Dhariwal, 2021, appendix; clipped at
     0.999). At ``num_steps=1000`` this is DDPM's schedule; at other step counts it differs from
-    diffusers' ``"linear"`` schedule, which never rescales (at T=250 the betas are 4x larger).
+    diffusers' ``"linear"`` schedule, which never rescales (at T=250 the betas are 4x larger and
+    ``alpha_bar`` differs by up to 0.475).
     ``rescale=False`` gives ``linspace(beta_start, beta_end, num_steps)``, as diffusers.
 
     Returns float64 of shape (num_steps,). ``beta_start`` and ``beta_end`` must lie in (0, 1)
