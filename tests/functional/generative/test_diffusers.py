@@ -250,3 +250,18 @@ def test_head_thresholding_and_option_errors() -> None:
         head.sample(cond, sampler="euler")
     with pytest.raises(ValueError, match=r"^DiffusionHead: expected `threshold_max` >= 1, got 0.5"):
         head.sample(cond, dynamic_threshold_ratio=0.9, threshold_max=0.5)
+
+
+def test_new_functions_compile_fullgraph() -> None:
+    g = torch.Generator().manual_seed(7)
+    x, x0 = torch.randn(3, 4, 5, generator=g), torch.randn(3, 4, 5, generator=g)
+    ab = torch.tensor([0.2, 0.3, 0.4])
+    cases = [
+        (lambda a, b: dynamic_threshold(a * 3, 0.9, 2.0), (x, x0)),
+        (lambda a, b: dpm_solver_2m_step(a, b, ab, ab + 0.2, b * 0.5, ab - 0.1), (x, x0)),
+        (lambda a, b: ddpm_step(b, a, ab, ab + 0.2, torch.ones_like(a), variance_type="fixed_large"),
+         (x, x0)),
+    ]
+    for fn, args in cases:
+        compiled = torch.compile(fn, backend="eager", fullgraph=True)
+        torch.testing.assert_close(compiled(*args), fn(*args))
