@@ -295,6 +295,15 @@ def test_stateful_metric_equals_one_call_and_resets():
     lab = torch.cat(labels)
     assert_same(m.compute(), retrieval_metrics(torch.cat(qs), torch.cat(gs), ks=(1, 2),
                                                 positives=(lab, lab)))
+    tied = RetrievalMetrics(ks=(1, 2), ties="average", normalize=False)
+    rounded = [q.round() for q in qs]  # integer embeddings: many tied scores
+    for q, part in zip(rounded, labels):
+        tied.update(q, q, part, part)
+    want = retrieval_metrics(torch.cat(rounded), torch.cat(rounded), ks=(1, 2), positives=(lab, lab),
+                             normalize=False, ties="average")
+    assert_same(tied.compute(), want)
+    assert want != retrieval_metrics(torch.cat(rounded), torch.cat(rounded), ks=(1, 2),
+                                     positives=(lab, lab), normalize=False)
     m.reset()
     with pytest.raises(ValueError, match="at least one update"):
         m.compute()
