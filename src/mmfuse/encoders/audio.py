@@ -7,9 +7,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_inputs, check_positive, check_size, check_tensor, format_shape
+from .._checks import (
+    check_choice,
+    check_inputs,
+    check_positive,
+    check_size,
+    check_tensor,
+    format_shape,
+)
 from ..errors import ShapeError
 from ..functional.audio import log_mel_spectrogram, mel_filterbank
+from ..functional.audio.spectral import PAD_MODES, SCALES
 from ._layers import ConvBlock
 
 __all__ = ["AudioEncoder"]
@@ -37,6 +45,13 @@ class AudioEncoder(nn.Module):
         width: Channels of the conv blocks.
         depth: Number of conv blocks; each after the first halves mel and time.
         normalize: Standardise each spectrogram.
+        mel_scale: ``"htk"`` or ``"slaney"`` mel scale.
+        norm: None, or ``"slaney"`` (mel triangles of constant area, librosa's default).
+        pad_mode: Padding of the centred frames: ``"reflect"`` (default) or ``"constant"``
+            (librosa's default), ``"replicate"``, ``"circular"``.
+        scale: ``"log"`` (natural log of mel power + 1e-10, default) or ``"db"``
+            (``librosa.power_to_db`` with ``ref=1``, ``amin=1e-10``).
+        top_db: With ``scale="db"``, the dynamic range kept below each clip's peak (None: all).
 
     Shape:
         - audio: (B, S) waveform or (B, n_mels, frames) log-mel
@@ -61,6 +76,11 @@ class AudioEncoder(nn.Module):
         width: int = 32,
         depth: int = 3,
         normalize: bool = True,
+        mel_scale: str = "htk",
+        norm: str | None = None,
+        pad_mode: str = "reflect",
+        scale: str = "log",
+        top_db: float | None = 80.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -75,8 +95,14 @@ class AudioEncoder(nn.Module):
         self.out_dim, self.sample_rate, self.n_mels, self.n_fft = out_dim, sample_rate, n_mels, n_fft
         self.hop_length = hop_length or n_fft // 4
         self.width, self.depth, self.normalize = width, depth, normalize
-        fb = mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate, device=device,
-                            dtype=torch.float32)
+        check_choice(pad_mode, PAD_MODES, owner=self, arg="pad_mode")
+        check_choice(scale, SCALES, owner=self, arg="scale")
+        if top_db is not None:
+            check_positive(top_db, owner=self, arg="top_db", allow_zero=True)
+        self.mel_scale, self.norm, self.pad_mode = mel_scale, norm, pad_mode
+        self.scale, self.top_db = scale, top_db
+        fb = mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate, mel_scale=mel_scale, norm=norm,
+                            device=device, dtype=torch.float32)
         self.register_buffer("filterbank", fb, persistent=False)  # (n_fft//2+1, n_mels)
         self.blocks = nn.Sequential(*[
             ConvBlock(1 if i == 0 else width, width, 1 if i == 0 else 2, **dd)
@@ -104,7 +130,8 @@ class AudioEncoder(nn.Module):
             return waveform.new_zeros(0, self.n_mels, 1 + sizes["S"] // self.hop_length)
         return log_mel_spectrogram(waveform, self.sample_rate, n_fft=self.n_fft,
                                    hop_length=self.hop_length, n_mels=self.n_mels,
-                                   filterbank=self.filterbank)
+                                   filterbank=self.filterbank, pad_mode=self.pad_mode,
+                                   scale=self.scale, top_db=self.top_db)
 
     def forward_tokens(self, audio: Tensor) -> Tensor:
         """(B, N, D): one token per time step of the CNN's output grid."""

@@ -14,9 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_inputs, check_positive, check_size, format_shape, owner_name
+from .._checks import (
+    check_choice,
+    check_inputs,
+    check_positive,
+    check_size,
+    format_shape,
+    owner_name,
+)
 from ..errors import ShapeError
 from ..functional import dct_matrix, log_mel_spectrogram, mel_filterbank
+from ..functional.audio.spectral import PAD_MODES, SCALES, _check_db_options
 
 __all__ = [
     "MFCC",
@@ -29,7 +37,8 @@ __all__ = [
 
 
 class LogMelSpectrogram(nn.Module):
-    """``log(mel power spectrogram + eps)`` of a waveform (periodic Hann window, centred frames).
+    """Log mel power spectrogram of a waveform (periodic Hann window): ``log(mel + eps)`` by
+    default, or decibels (``scale="db"``, as ``librosa.power_to_db``).
 
     Args:
         sample_rate: Sampling rate in Hz.
@@ -38,15 +47,29 @@ class LogMelSpectrogram(nn.Module):
         n_mels: Mel bands.
         f_min: Lower band edge in Hz.
         f_max: Upper band edge in Hz (defaults to Nyquist).
-        eps: Added before the log so silence stays finite.
+        eps: Added before the natural log (``scale="log"``) so silence stays finite.
         mel_scale: ``"htk"`` or ``"slaney"``.
+        norm: None, or ``"slaney"``: mel triangles of constant area (librosa's default).
+        center: Centre frame s on sample ``s * hop_length`` (pad ``n_fft // 2`` both sides).
+        pad_mode: Padding of ``center``: ``"reflect"`` (default), ``"constant"`` (librosa's
+            default), ``"replicate"`` or ``"circular"``.
+        scale: ``"log"`` (natural log, default) or ``"db"``.
+        ref: 0 dB power for ``scale="db"``: a number or ``"max"`` (each spectrogram's peak).
+        amin: Smallest power read for ``scale="db"``.
+        top_db: Dynamic range kept below each spectrogram's peak for ``scale="db"`` (None: all).
         device: Device of the filterbank buffer.
         dtype: Dtype of the filterbank buffer.
+
+    ``LogMelSpectrogram(sr, scale="db", mel_scale="slaney", norm="slaney",
+    pad_mode="constant")`` computes ``librosa.power_to_db(librosa.feature.melspectrogram(y,
+    sr=sr))`` (with the same ``n_fft``, ``hop_length``, ``n_mels``); ``ref="max"`` and
+    ``top_db`` act per spectrogram of a batch.
 
     Shape:
         - waveform: (..., S) floating
         - output: (..., n_mels, frames), frames = 1 + S // hop_length; frame s is centred on
-          sample ``s * hop_length`` (see :meth:`frame_times`).
+          sample ``s * hop_length`` (see :meth:`frame_times`). With ``center=False``:
+          frames = 1 + (S - n_fft) // hop_length, frame s centred on ``s * hop_length + n_fft / 2``.
 
     Example:
         >>> m = LogMelSpectrogram(16000, n_fft=400, hop_length=160, n_mels=40)
@@ -67,6 +90,13 @@ class LogMelSpectrogram(nn.Module):
         f_max: float | None = None,
         eps: float = 1e-10,
         mel_scale: str = "htk",
+        norm: str | None = None,
+        center: bool = True,
+        pad_mode: str = "reflect",
+        scale: str = "log",
+        ref: float | str = 1.0,
+        amin: float = 1e-10,
+        top_db: float | None = 80.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -77,6 +107,9 @@ class LogMelSpectrogram(nn.Module):
             check_size(value, owner=self, arg=name)
         if hop_length is not None:
             check_size(hop_length, owner=self, arg="hop_length")
+        check_choice(pad_mode, PAD_MODES, owner=self, arg="pad_mode")
+        check_choice(scale, SCALES, owner=self, arg="scale")
+        _check_db_options(ref, amin, top_db, owner=owner_name(self))
         self.sample_rate = int(sample_rate)
         self.n_fft = int(n_fft)
         self.hop_length = int(hop_length or n_fft // 4)
@@ -84,20 +117,35 @@ class LogMelSpectrogram(nn.Module):
         self.f_min = float(f_min)
         self.f_max = f_max
         self.eps = float(eps)
-        self.mel_scale = mel_scale
+        self.mel_scale, self.norm = mel_scale, norm
+        self.center, self.pad_mode = bool(center), pad_mode
+        self.scale, self.ref, self.amin, self.top_db = scale, ref, float(amin), top_db
         fb = mel_filterbank(self.n_fft // 2 + 1, self.n_mels, self.sample_rate, self.f_min, f_max,
-                            mel_scale=mel_scale, device=device, dtype=dtype)
+                            mel_scale=mel_scale, norm=norm, device=device, dtype=dtype)
         self.register_buffer("filterbank", fb, persistent=False)
 
     def forward(self, waveform: Tensor) -> Tensor:
         _check_waveform(waveform, self)
         check_inputs(self, {"waveform": waveform}, dtype=False)  # filterbank cast to its dtype
+        if not self.center and waveform.shape[-1] < self.n_fft:
+            raise ShapeError(
+                f"{owner_name(self)}: expected `waveform` of shape (..., S) with "
+                f"S >= n_fft={self.n_fft} when center=False, got {format_shape(waveform.shape)}."
+            )
         if waveform.shape[:-1].numel() == 0:  # an empty batch: torch.stft rejects it
-            frames = 1 + waveform.shape[-1] // self.hop_length
-            return waveform.new_zeros(*waveform.shape[:-1], self.n_mels, frames)
+            return waveform.new_zeros(*waveform.shape[:-1], self.n_mels,
+                                      self.num_frames(waveform.shape[-1]))
         return log_mel_spectrogram(waveform, self.sample_rate, n_fft=self.n_fft,
                                    hop_length=self.hop_length, eps=self.eps,
-                                   filterbank=self.filterbank)
+                                   filterbank=self.filterbank, center=self.center,
+                                   pad_mode=self.pad_mode, scale=self.scale, ref=self.ref,
+                                   amin=self.amin, top_db=self.top_db)
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames of a waveform of ``num_samples`` samples."""
+        if self.center:
+            return 1 + num_samples // self.hop_length
+        return 1 + (num_samples - self.n_fft) // self.hop_length
 
     def frame_times(self, start: float | Tensor, num_frames: int) -> Tensor:
         """Clock time of each frame's centre for a waveform whose first sample is at ``start``.
@@ -105,12 +153,15 @@ class LogMelSpectrogram(nn.Module):
         Shape: ``start`` a float or (B,) tensor; output (num_frames,) or (B, num_frames), float64.
         """
         steps = torch.arange(num_frames, dtype=torch.float64) * (self.hop_length / self.sample_rate)
+        if not self.center:
+            steps = steps + self.n_fft / 2 / self.sample_rate
         s = torch.as_tensor(start, dtype=torch.float64)
         return s.unsqueeze(-1) + steps if s.dim() else s + steps
 
     def extra_repr(self) -> str:
+        extra = "" if self.scale == "log" else f", scale={self.scale!r}, top_db={self.top_db}"
         return (f"sample_rate={self.sample_rate}, n_fft={self.n_fft}, "
-                f"hop_length={self.hop_length}, n_mels={self.n_mels}")
+                f"hop_length={self.hop_length}, n_mels={self.n_mels}{extra}")
 
 
 class MFCC(LogMelSpectrogram):
@@ -124,8 +175,11 @@ class MFCC(LogMelSpectrogram):
         hop_length: Samples between frames; defaults to ``n_fft // 4``.
         f_min: Lower band edge in Hz.
         f_max: Upper band edge in Hz (defaults to Nyquist).
-        eps: Added before the log so silence stays finite.
+        eps: Added before the natural log so silence stays finite.
         mel_scale: ``"htk"`` or ``"slaney"``.
+        norm, center, pad_mode, scale, ref, amin, top_db: As :class:`LogMelSpectrogram`.
+            ``librosa.feature.mfcc`` is ``scale="db", mel_scale="slaney", norm="slaney",
+            pad_mode="constant"`` (librosa's defaults: ``n_mfcc=20``, ``n_mels=128``).
         device: Device of the filterbank and DCT buffers.
         dtype: Dtype of the filterbank and DCT buffers.
 
@@ -152,12 +206,20 @@ class MFCC(LogMelSpectrogram):
         f_max: float | None = None,
         eps: float = 1e-10,
         mel_scale: str = "htk",
+        norm: str | None = None,
+        center: bool = True,
+        pad_mode: str = "reflect",
+        scale: str = "log",
+        ref: float | str = 1.0,
+        amin: float = 1e-10,
+        top_db: float | None = 80.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
-                         f_min=f_min, f_max=f_max, eps=eps, mel_scale=mel_scale,
-                         device=device, dtype=dtype)
+                         f_min=f_min, f_max=f_max, eps=eps, mel_scale=mel_scale, norm=norm,
+                         center=center, pad_mode=pad_mode, scale=scale, ref=ref, amin=amin,
+                         top_db=top_db, device=device, dtype=dtype)
         check_size(n_mfcc, owner=self, arg="n_mfcc")
         if n_mfcc > n_mels:
             raise ValueError(f"MFCC: expected `n_mfcc` <= n_mels={n_mels}, got {n_mfcc}.")

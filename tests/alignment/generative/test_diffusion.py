@@ -82,7 +82,7 @@ def test_schedule_attributes_and_state_dict_excludes_them() -> None:
 
 
 @pytest.mark.parametrize(("kw", "msg"), [
-    ({"schedule": "sigmoid"}, r"DiffusionHead: unknown `schedule` 'sigmoid'; expected one of \['linear', 'cosine'\]"),
+    ({"schedule": "quadratic"}, r"DiffusionHead: unknown `schedule` 'quadratic'; expected one of \['linear', 'cosine', 'scaled_linear', 'sigmoid'\]"),
     ({"prediction": "x1"}, r"DiffusionHead: unknown `prediction` 'x1'; expected one of \['eps', 'v'\]"),
     ({"cond_dropout": 1.0}, r"DiffusionHead: expected `cond_dropout` in \[0, 1\), got 1.0"),
     ({"num_steps": 0}, r"DiffusionHead: expected `num_steps` to be a positive int, got 0"),

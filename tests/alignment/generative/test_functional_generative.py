@@ -81,7 +81,7 @@ def test_alpha_bar_is_the_marginal_of_the_chain(kind: str) -> None:
 
 
 def test_beta_schedule_rejects_unknown_kind() -> None:
-    with pytest.raises(ValueError, match=r"beta_schedule: unknown `kind` 'quadratic'; expected one of \['linear', 'cosine'\]"):
+    with pytest.raises(ValueError, match=r"beta_schedule: unknown `kind` 'quadratic'; expected one of \['linear', 'cosine', 'scaled_linear', 'sigmoid'\]"):
         beta_schedule("quadratic", 10)
 
 

@@ -57,6 +57,15 @@ register(ContractCase(
     empty_batch="empty",
 ))
 register(ContractCase(
+    id="AudioEncoder-waveform-db",
+    build=lambda **dd: AudioEncoder(10, **_AUDIO, scale="db", top_db=60.0, mel_scale="slaney",
+                                    norm="slaney", pad_mode="constant", **dd),
+    inputs=lambda b, g: {"audio": torch.randn(b, 400, generator=g)},
+    out_shape=lambda b: (b, 10),
+    bad_inputs=_audio_bad,
+    empty_batch="empty",
+))
+register(ContractCase(
     id="AudioEncoder-logmel",
     build=lambda **dd: AudioEncoder(10, **_AUDIO, **dd),
     inputs=lambda b, g: {"audio": torch.randn(b, 12, 9, generator=g)},

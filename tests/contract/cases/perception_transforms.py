@@ -53,6 +53,25 @@ register(ContractCase(
     empty_batch="empty",
     bad_inputs=bad_waveform,
 ))
+register(ContractCase(  # librosa's conventions: decibels, slaney filters, zero padding
+    id="LogMelSpectrogram-db",
+    build=lambda **dd: LogMelSpectrogram(16000, n_fft=128, hop_length=64, n_mels=16, scale="db",
+                                         ref="max", top_db=60.0, mel_scale="slaney",
+                                         norm="slaney", pad_mode="constant", **dd),
+    inputs=waveform,
+    out_shape=lambda b: (b, 16, 1 + S // 64),
+    empty_batch="empty",
+    bad_inputs=bad_waveform,
+))
+register(ContractCase(
+    id="MFCC-db-uncentred",
+    build=lambda **dd: MFCC(16000, n_mfcc=8, n_mels=16, n_fft=128, hop_length=64, scale="db",
+                            center=False, **dd),
+    inputs=waveform,
+    out_shape=lambda b: (b, 8, 1 + (S - 128) // 64),
+    empty_batch="empty",
+    bad_inputs=bad_waveform,
+))
 register(ContractCase(
     id="Resample",
     build=lambda **dd: Resample(16000, 12000),

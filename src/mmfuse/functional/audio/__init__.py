@@ -10,6 +10,7 @@ from .spectral import (
     mel_filterbank,
     mel_to_hz,
     mfcc,
+    power_to_db,
     spectrogram,
 )
 
@@ -20,5 +21,6 @@ __all__ = [
     "mel_filterbank",
     "mel_to_hz",
     "mfcc",
+    "power_to_db",
     "spectrogram",
 ]

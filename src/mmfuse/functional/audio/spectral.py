@@ -11,7 +11,14 @@ import math
 import torch
 from torch import Tensor
 
-from ..._checks import check_choice, check_positive, check_size, check_tensor, format_shape
+from ..._checks import (
+    check_choice,
+    check_floating,
+    check_positive,
+    check_size,
+    check_tensor,
+    format_shape,
+)
 from ...errors import ShapeError
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "mel_filterbank",
     "mel_to_hz",
     "mfcc",
+    "power_to_db",
     "spectrogram",
 ]
 
@@ -114,6 +122,10 @@ def _check_waveform(waveform: object, owner: str) -> Tensor:
     return waveform
 
 
+PAD_MODES = ("reflect", "constant", "replicate", "circular")
+SCALES = ("log", "db")
+
+
 def spectrogram(
     waveform: Tensor,
     n_fft: int = 400,
@@ -122,17 +134,27 @@ def spectrogram(
     *,
     power: float = 2.0,
     center: bool = True,
+    pad_mode: str = "reflect",
 ) -> Tensor:
     """Magnitude (``power=1``) or power (``power=2``) spectrogram with a periodic Hann window.
 
+    Args:
+        center: Pad ``n_fft // 2`` samples on both sides so frame s is centred on sample
+            ``s * hop``; otherwise frame s starts there.
+        pad_mode: How ``center`` pads: ``"reflect"`` (the default, as torchaudio; a clip of at
+            most ``n_fft // 2`` samples, too short to reflect, is zero-padded instead),
+            ``"constant"`` (zeros, librosa's default), ``"replicate"`` or ``"circular"``.
+
     Shape:
         - waveform: (..., S)
-        - output: (..., n_fft // 2 + 1, frames), frames = 1 + S // hop when ``center``
+        - output: (..., n_fft // 2 + 1, frames), frames = 1 + S // hop when ``center``, else
+          1 + (S - n_fft) // hop
     """
     owner = "spectrogram"
     _check_waveform(waveform, owner)
     check_size(n_fft, owner=owner, arg="n_fft")
     check_positive(power, owner=owner, arg="power")
+    check_choice(pad_mode, PAD_MODES, owner=owner, arg="pad_mode")
     for arg, value in (("hop_length", hop_length), ("win_length", win_length)):
         if value is not None:  # 0 used to fall back to the default silently
             check_size(value, owner=owner, arg=arg)
@@ -140,6 +162,11 @@ def spectrogram(
     win = win_length or n_fft
     if win > n_fft:
         raise ValueError(f"{owner}: expected `win_length` <= n_fft={n_fft}, got {win}.")
+    if not center and waveform.shape[-1] < n_fft:
+        raise ShapeError(
+            f"{owner}: expected `waveform` of shape (..., S) with S >= n_fft={n_fft} when "
+            f"center=False, got {format_shape(waveform.shape)}."
+        )
     lead = waveform.shape[:-1]
     if lead.numel() == 0:  # an empty batch: torch.stft rejects it; the result is simply empty
         frames = 1 + waveform.shape[-1] // hop if center else 1 + (waveform.shape[-1] - n_fft) // hop
@@ -147,12 +174,66 @@ def spectrogram(
     x = waveform.reshape(-1, waveform.shape[-1])  # (N, S)
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
     window = torch.hann_window(win, periodic=True, dtype=work.dtype, device=work.device)
-    spec = torch.stft(work, n_fft, hop, win, window, center=center, pad_mode="reflect"
-                      if center and x.shape[-1] > n_fft // 2 else "constant",
+    if pad_mode == "reflect" and x.shape[-1] <= n_fft // 2:
+        pad_mode = "constant"
+    spec = torch.stft(work, n_fft, hop, win, window, center=center, pad_mode=pad_mode,
                       return_complex=True)  # (N, F, frames)
     mag = spec.abs()
     out = mag if power == 1.0 else mag.pow(power)
     return out.reshape(*lead, *out.shape[-2:]).to(waveform.dtype)
+
+
+def _check_db_options(ref: object, amin: object, top_db: object, *, owner: str) -> None:
+    check_positive(amin, owner=owner, arg="amin")
+    if top_db is not None:
+        check_positive(top_db, owner=owner, arg="top_db", allow_zero=True)
+    if ref != "max":
+        if isinstance(ref, str):
+            raise ValueError(f"{owner}: expected `ref` to be a positive number or 'max', got {ref!r}.")
+        check_positive(ref, owner=owner, arg="ref")
+
+
+def power_to_db(
+    spec: Tensor,
+    *,
+    ref: float | str = 1.0,
+    amin: float = 1e-10,
+    top_db: float | None = 80.0,
+) -> Tensor:
+    """Power to decibels, as ``librosa.power_to_db``: ``10 log10(max(spec, amin)) -
+    10 log10(max(ref, amin))``, then floored at ``top_db`` below the peak.
+
+    Args:
+        spec: A power spectrogram (..., F, frames), non-negative.
+        ref: The power of 0 dB: a number, or ``"max"`` for the peak of each spectrogram.
+        amin: The smallest power read (keeps silence finite).
+        top_db: Dynamic range kept below each spectrogram's peak (None: no floor). librosa's
+            default is 80 as well.
+
+    "Each spectrogram" means the last two dims: ``ref="max"`` and ``top_db`` act per item of a
+    batch, as librosa does when called on one clip at a time (on a whole array librosa uses
+    the array's global maximum).
+
+    Shape:
+        - spec: (..., F, frames)
+        - output: like ``spec``
+    """
+    owner = "power_to_db"
+    check_floating(spec, owner=owner, arg="spec")
+    if spec.dim() < 2:
+        raise ShapeError(
+            f"{owner}: expected `spec` of shape (..., F, frames), got {format_shape(spec.shape)}."
+        )
+    _check_db_options(ref, amin, top_db, owner=owner)
+    db = 10.0 * torch.log10(spec.clamp_min(amin))
+    if ref == "max":
+        peak = spec.amax(dim=(-2, -1), keepdim=True).clamp_min(amin)  # (..., 1, 1)
+        db = db - 10.0 * torch.log10(peak)
+    else:
+        db = db - 10.0 * math.log10(max(float(ref), amin))  # type: ignore[arg-type]
+    if top_db is not None:
+        db = torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - top_db)
+    return db
 
 
 def log_mel_spectrogram(
@@ -166,26 +247,48 @@ def log_mel_spectrogram(
     f_max: float | None = None,
     eps: float = 1e-10,
     mel_scale: str = "htk",
+    norm: str | None = None,
     filterbank: Tensor | None = None,
+    center: bool = True,
+    pad_mode: str = "reflect",
+    scale: str = "log",
+    ref: float | str = 1.0,
+    amin: float = 1e-10,
+    top_db: float | None = 80.0,
 ) -> Tensor:
-    """``log(mel power + eps)``: the usual audio input of the encoders.
+    """Log of the mel power spectrogram: the usual audio input of the encoders.
+
+    ``scale="log"`` (the default) gives ``log(mel + eps)`` (natural log); ``scale="db"`` gives
+    decibels as :func:`power_to_db` (``ref``, ``amin``, ``top_db``; those three are ignored
+    with ``"log"``, ``eps`` with ``"db"``). librosa's ``power_to_db(melspectrogram(y))``
+    is ``scale="db", mel_scale="slaney", norm="slaney", pad_mode="constant"``.
 
     Args:
+        mel_scale: ``"htk"`` or ``"slaney"`` mel scale of the filterbank.
+        norm: None, or ``"slaney"`` to give each mel triangle constant area (librosa's default).
         filterbank: A precomputed (n_fft//2+1, n_mels) :func:`mel_filterbank` (modules keep it
-            as a buffer); built here when None.
+            as a buffer); built here from ``n_mels, f_min, f_max, mel_scale, norm`` when None.
+        center, pad_mode: Framing, as :func:`spectrogram`.
 
     Shape:
         - waveform: (..., S)
         - output: (..., n_mels, frames)
     """
-    power = spectrogram(waveform, n_fft, hop_length, power=2.0)  # (..., F, frames)
+    owner = "log_mel_spectrogram"
+    check_choice(scale, SCALES, owner=owner, arg="scale")
+    if scale == "db":
+        _check_db_options(ref, amin, top_db, owner=owner)
+    power = spectrogram(waveform, n_fft, hop_length, power=2.0, center=center,
+                        pad_mode=pad_mode)  # (..., F, frames)
     if filterbank is not None:
-        check_tensor(filterbank, "F M", owner="log_mel_spectrogram", arg="filterbank",
-                     F=n_fft // 2 + 1)
+        check_tensor(filterbank, "F M", owner=owner, arg="filterbank", F=n_fft // 2 + 1)
     if filterbank is None:
         filterbank = mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate, f_min, f_max,
-                                    mel_scale=mel_scale, device=power.device, dtype=power.dtype)
+                                    mel_scale=mel_scale, norm=norm, device=power.device,
+                                    dtype=power.dtype)
     mel = torch.matmul(power.transpose(-1, -2), filterbank.to(power.dtype)).transpose(-1, -2)
+    if scale == "db":
+        return power_to_db(mel, ref=ref, amin=amin, top_db=top_db)
     return torch.log(mel + eps)  # (..., n_mels, frames)
 
 
@@ -213,8 +316,21 @@ def mfcc(
     f_min: float = 0.0,
     f_max: float | None = None,
     eps: float = 1e-10,
+    mel_scale: str = "htk",
+    norm: str | None = None,
+    center: bool = True,
+    pad_mode: str = "reflect",
+    scale: str = "log",
+    ref: float | str = 1.0,
+    amin: float = 1e-10,
+    top_db: float | None = 80.0,
 ) -> Tensor:
     """Mel-frequency cepstral coefficients: orthonormal DCT-II over log-mel bands.
+
+    The options after ``f_max`` are :func:`log_mel_spectrogram`'s. ``librosa.feature.mfcc``
+    (DCT-II, ``norm="ortho"``, no liftering) is ``scale="db", mel_scale="slaney",
+    norm="slaney", pad_mode="constant"``; note librosa's default ``n_mfcc`` is 20 and
+    ``n_mels`` 128.
 
     Shape:
         - waveform: (..., S)
@@ -224,6 +340,9 @@ def mfcc(
     if n_mfcc > n_mels:
         raise ValueError(f"mfcc: expected `n_mfcc` <= n_mels={n_mels}, got {n_mfcc}.")
     logmel = log_mel_spectrogram(waveform, sample_rate, n_fft=n_fft, hop_length=hop_length,
-                                 n_mels=n_mels, f_min=f_min, f_max=f_max, eps=eps)
+                                 n_mels=n_mels, f_min=f_min, f_max=f_max, eps=eps,
+                                 mel_scale=mel_scale, norm=norm, center=center,
+                                 pad_mode=pad_mode, scale=scale, ref=ref, amin=amin,
+                                 top_db=top_db)
     d = dct_matrix(n_mfcc, n_mels, dtype=logmel.dtype, device=logmel.device)
     return torch.matmul(logmel.transpose(-1, -2), d).transpose(-1, -2)

@@ -1,5 +1,6 @@
 """Diffusion math of the conditional generator heads: noise schedules, the forward process,
-DDPM/DDIM sampler steps, classifier-free guidance and timestep embeddings.
+DDPM/DDIM/DPM-Solver++(2M) sampler steps, x0 thresholding, classifier-free guidance and
+timestep embeddings.
 
 Conventions (DDPM, Ho et al. 2020; DDIM, Song et al. 2021; v-prediction, Salimans & Ho 2022):
 ``alpha_bar[t] = prod_{s<=t} (1 - beta[s])`` for ``t = 0 .. T-1``; ``x_t = sqrt(alpha_bar[t]) x_0
@@ -22,6 +23,7 @@ from ..._checks import (
     check_interval,
     check_like,
     check_positive,
+    check_probability,
     check_same_device,
     check_size,
     check_tensor,
@@ -34,16 +36,22 @@ __all__ = [
     "cosine_beta_schedule",
     "ddim_step",
     "ddpm_step",
+    "ddpm_variance",
+    "dpm_solver_2m_step",
+    "dynamic_threshold",
     "linear_beta_schedule",
     "posterior_mean_variance",
     "predict_start",
     "q_sample",
+    "scaled_linear_beta_schedule",
+    "sigmoid_beta_schedule",
     "timestep_embedding",
     "v_target",
 ]
 
 PREDICTIONS = ("eps", "v", "x0")
-SCHEDULES = ("linear", "cosine")
+SCHEDULES = ("linear", "cosine", "scaled_linear", "sigmoid")
+VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
 
 
 def _bcast(a: Tensor | float, like: Tensor) -> Tensor | float:
@@ -90,17 +98,7 @@ def _check_pair(x: object, y: object, alpha_bar: object, *, owner: str, x_arg: s
 # ----------------------------------------------------------------------------- schedules
 
 
-def linear_beta_schedule(
-    num_steps: int, beta_start: float = 1e-4, beta_end: float = 2e-2
-) -> Tensor:
-    """DDPM's linear betas, rescaled so any ``num_steps`` gives the same total noise as 1000.
-
-    ``beta[t] = linspace(s * beta_start, s * beta_end, num_steps)`` with ``s = 1000 / num_steps``
-    (Nichol & Dhariwal, 2021, appendix). Returns float64 of shape (num_steps,).
-    ``beta_start`` and ``beta_end`` must lie in (0, 1) with ``beta_start <= beta_end``.
-    """
-    owner = "linear_beta_schedule"
-    check_size(num_steps, owner=owner, arg="num_steps")
+def _check_range(beta_start: float, beta_end: float, owner: str) -> None:
     check_interval(beta_start, 0.0, 1.0, owner=owner, arg="beta_start")
     check_interval(beta_end, 0.0, 1.0, owner=owner, arg="beta_end")
     if beta_start > beta_end:
@@ -108,9 +106,54 @@ def linear_beta_schedule(
             f"{owner}: expected `beta_start` <= `beta_end`, got beta_start={beta_start!r}, "
             f"beta_end={beta_end!r}."
         )
-    scale = 1000.0 / num_steps
+
+
+def linear_beta_schedule(
+    num_steps: int, beta_start: float = 1e-4, beta_end: float = 2e-2, *, rescale: bool = True
+) -> Tensor:
+    """DDPM's linear betas, by default **rescaled by 1000 / num_steps** so that any number of
+    steps gives about the same total noise as DDPM's 1000.
+
+    ``rescale=True`` (the default): ``beta[t] = linspace(s * beta_start, s * beta_end,
+    num_steps)`` with ``s = 1000 / num_steps`` (Nichol & Dhariwal, 2021, appendix; clipped at
+    0.999). At ``num_steps=1000`` this is DDPM's schedule; at other step counts it differs from
+    diffusers' ``"linear"`` schedule, which never rescales (at T=250 the betas are 4x larger and
+    ``alpha_bar`` differs by up to 0.475).
+    ``rescale=False`` gives ``linspace(beta_start, beta_end, num_steps)``, as diffusers.
+
+    Returns float64 of shape (num_steps,). ``beta_start`` and ``beta_end`` must lie in (0, 1)
+    with ``beta_start <= beta_end``.
+    """
+    owner = "linear_beta_schedule"
+    check_size(num_steps, owner=owner, arg="num_steps")
+    _check_range(beta_start, beta_end, owner)
+    scale = 1000.0 / num_steps if rescale else 1.0
     betas = torch.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=torch.float64)
     return betas.clamp(max=0.999)
+
+
+def scaled_linear_beta_schedule(
+    num_steps: int, beta_start: float = 0.00085, beta_end: float = 0.012
+) -> Tensor:
+    """Latent diffusion's (Stable Diffusion's) schedule, diffusers' ``"scaled_linear"``:
+    ``beta[t] = linspace(sqrt(beta_start), sqrt(beta_end), num_steps) ** 2``, float64 (T,)."""
+    owner = "scaled_linear_beta_schedule"
+    check_size(num_steps, owner=owner, arg="num_steps")
+    _check_range(beta_start, beta_end, owner)
+    return torch.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=torch.float64) ** 2
+
+
+def sigmoid_beta_schedule(
+    num_steps: int, beta_start: float = 1e-4, beta_end: float = 2e-2
+) -> Tensor:
+    """GeoDiff's sigmoid schedule (Xu et al. 2022), diffusers' ``"sigmoid"``:
+    ``beta[t] = beta_start + (beta_end - beta_start) sigmoid(linspace(-6, 6, num_steps))``,
+    float64 (T,)."""
+    owner = "sigmoid_beta_schedule"
+    check_size(num_steps, owner=owner, arg="num_steps")
+    _check_range(beta_start, beta_end, owner)
+    x = torch.linspace(-6.0, 6.0, num_steps, dtype=torch.float64)
+    return torch.sigmoid(x) * (beta_end - beta_start) + beta_start
 
 
 def cosine_beta_schedule(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
@@ -127,12 +170,31 @@ def cosine_beta_schedule(num_steps: int, s: float = 0.008, max_beta: float = 0.9
     return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
 
 
-def beta_schedule(kind: str, num_steps: int) -> Tensor:
-    """``"linear"`` or ``"cosine"`` betas (float64, (num_steps,))."""
-    check_choice(kind, SCHEDULES, owner="beta_schedule", arg="kind")
+def beta_schedule(
+    kind: str,
+    num_steps: int,
+    *,
+    beta_start: float | None = None,
+    beta_end: float | None = None,
+    rescale: bool = True,
+) -> Tensor:
+    """Betas (float64, (num_steps,)) of a named schedule: ``"linear"``
+    (:func:`linear_beta_schedule`, rescaled by 1000 / num_steps unless ``rescale=False``),
+    ``"cosine"``, ``"scaled_linear"`` or ``"sigmoid"``. ``beta_start``/``beta_end`` (None: the
+    schedule's default) apply to the three linear-family schedules, not to ``"cosine"``."""
+    owner = "beta_schedule"
+    check_choice(kind, SCHEDULES, owner=owner, arg="kind")
+    if kind == "cosine":
+        if beta_start is not None or beta_end is not None:
+            raise ValueError(f"{owner}: expected no `beta_start`/`beta_end` for the cosine "
+                             f"schedule, got beta_start={beta_start!r}, beta_end={beta_end!r}.")
+        return cosine_beta_schedule(num_steps)
+    fn = {"linear": linear_beta_schedule, "scaled_linear": scaled_linear_beta_schedule,
+          "sigmoid": sigmoid_beta_schedule}[kind]
+    kw = {k: v for k, v in (("beta_start", beta_start), ("beta_end", beta_end)) if v is not None}
     if kind == "linear":
-        return linear_beta_schedule(num_steps)
-    return cosine_beta_schedule(num_steps)
+        return linear_beta_schedule(num_steps, **kw, rescale=rescale)
+    return fn(num_steps, **kw)
 
 
 def alphas_cumprod(betas: Tensor) -> Tensor:
@@ -204,17 +266,156 @@ def posterior_mean_variance(
 # ----------------------------------------------------------------------------- sampler steps
 
 
+def ddpm_variance(
+    alpha_bar: Tensor | float,
+    alpha_bar_prev: Tensor | float,
+    variance_type: str = "fixed_small",
+    predicted: Tensor | None = None,
+) -> Tensor | float:
+    """Variance of an ancestral step from ``alpha_bar`` to ``alpha_bar_prev``.
+
+    With ``beta = 1 - ab / ab_prev``: ``"fixed_small"`` is the posterior variance
+    ``beta (1 - ab_prev) / (1 - ab)`` (DDPM's sigma^2 = beta-tilde), ``"fixed_large"`` is
+    ``beta`` (DDPM's sigma^2 = beta), ``"learned_range"`` interpolates their logs with the
+    model's ``predicted`` v in [-1, 1] (Nichol & Dhariwal 2021, eq. 15):
+    ``exp(frac log beta + (1 - frac) log max(beta-tilde, 1e-20))``, ``frac = (v + 1) / 2``.
+    Same conventions as diffusers' ``DDPMScheduler(variance_type=...)``.
+
+    Shape: alpha_bar, alpha_bar_prev: float, 0-d or (B,); predicted: like the sample (only for
+    ``"learned_range"``); output: a float, or a tensor broadcasting over the sample.
+    """
+    owner = "ddpm_variance"
+    check_choice(variance_type, VARIANCE_TYPES, owner=owner, arg="variance_type")
+    if (variance_type == "learned_range") != (predicted is not None):
+        raise ValueError(f"{owner}: expected `predicted` exactly when variance_type="
+                         f"'learned_range', got variance_type={variance_type!r} and "
+                         f"predicted={'a tensor' if predicted is not None else None}.")
+    like = predicted
+    ab = _bcast(alpha_bar, like) if like is not None else alpha_bar
+    abp = _bcast(alpha_bar_prev, like) if like is not None else alpha_bar_prev
+    beta = 1 - ab / abp
+    small = beta * (1 - abp) / (1 - ab)
+    if variance_type == "fixed_small":
+        return small
+    if variance_type == "fixed_large":
+        return beta
+    assert predicted is not None
+    frac = (predicted + 1) / 2
+    log_small = torch.log(torch.as_tensor(small, dtype=predicted.dtype,
+                                          device=predicted.device).clamp_min(1e-20))
+    log_beta = torch.log(torch.as_tensor(beta, dtype=predicted.dtype, device=predicted.device))
+    return torch.exp(frac * log_beta + (1 - frac) * log_small)
+
+
 def ddpm_step(
     x0: Tensor,
     x_t: Tensor,
     alpha_bar: Tensor | float,
     alpha_bar_prev: Tensor | float,
     noise: Tensor | None,
+    *,
+    variance_type: str = "fixed_small",
+    predicted_variance: Tensor | None = None,
 ) -> Tensor:
-    """One ancestral step: a draw from ``q(x_prev | x_t, x0_pred)``; ``noise=None`` returns
-    the mean (used for the last step)."""
-    mean, var = posterior_mean_variance(x0, x_t, alpha_bar, alpha_bar_prev)
-    return mean if noise is None else mean + _sqrt(var) * noise
+    """One ancestral step: the posterior mean of ``q(x_prev | x_t, x0_pred)`` plus
+    ``sqrt(variance) noise`` with the variance of :func:`ddpm_variance` (``"fixed_small"``: a
+    draw from the posterior itself); ``noise=None`` returns the mean (used for the last step).
+    """
+    mean, _ = posterior_mean_variance(x0, x_t, alpha_bar, alpha_bar_prev)
+    if noise is None:
+        return mean
+    var = ddpm_variance(alpha_bar, alpha_bar_prev, variance_type, predicted_variance)
+    if isinstance(var, Tensor) and var.dim() == 1:
+        var = _bcast(var, x_t)
+    return mean + _sqrt(var) * noise
+
+
+# ----------------------------------------------------------------------------- x0 thresholding
+
+
+def dynamic_threshold(x0: Tensor, ratio: float = 0.995, max_value: float | None = None) -> Tensor:
+    """Dynamic thresholding of a predicted clean sample (Saharia et al. 2022, Imagen).
+
+    Per sample, ``s`` is the ``ratio`` quantile of ``|x0|`` over all its values, clamped to
+    ``[1, max_value]``; the sample is clipped to ``[-s, s]`` and divided by ``s``. With ``s``
+    clamped to 1 this is plain clipping to [-1, 1]. diffusers' ``thresholding=True`` is this
+    with ``max_value=sample_max_value`` (its default 1.0 reduces it to clipping); None means no
+    upper bound (Imagen). The quantile is computed in float32 at least.
+
+    Shape: x0: (B, *); output: like x0.
+    """
+    owner = "dynamic_threshold"
+    check_data(x0, owner=owner, arg="x0")
+    check_probability(ratio, owner=owner, arg="ratio", closed=True)
+    if max_value is not None:
+        check_positive(max_value, owner=owner, arg="max_value")
+        if max_value < 1:
+            raise ValueError(f"{owner}: expected `max_value` >= 1, got {max_value!r}.")
+    work = x0 if x0.dtype in (torch.float32, torch.float64) else x0.float()
+    flat = work.reshape(work.shape[0], -1)  # (B, numel)
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1.0, max=max_value)[:, None]  # (B, 1)
+    out = torch.maximum(torch.minimum(flat, s), -s) / s
+    return out.reshape(x0.shape).to(x0.dtype)
+
+
+# ----------------------------------------------------------------------------- DPM-Solver++
+
+
+def _alpha_sigma_lambda(ab: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    alpha, sigma = ab.sqrt(), (1 - ab).sqrt()
+    return alpha, sigma, torch.log(alpha) - torch.log(sigma)
+
+
+def dpm_solver_2m_step(
+    x: Tensor,
+    x0: Tensor,
+    alpha_bar: Tensor | float,
+    alpha_bar_prev: Tensor | float,
+    x0_last: Tensor | None = None,
+    alpha_bar_last: Tensor | float | None = None,
+) -> Tensor:
+    """One step of DPM-Solver++(2M) (Lu et al. 2022, algorithm 2, midpoint form), the
+    second-order multistep solver of diffusers' ``DPMSolverMultistepScheduler``.
+
+    From ``x`` at ``alpha_bar`` (the current step s0, whose predicted clean sample is ``x0``)
+    to ``alpha_bar_prev`` (the next, less noisy step t). With ``alpha = sqrt(ab)``,
+    ``sigma = sqrt(1 - ab)``, ``lambda = log(alpha / sigma)``, ``h = lambda_t - lambda_s0``:
+    ``x_t = sigma_t / sigma_s0 x - alpha_t (e^{-h} - 1) (D0 + D1 / 2)`` with ``D0 = x0`` and
+    ``D1 = (h / h_0) (x0 - x0_last)``, ``h_0 = lambda_s0 - lambda_s1``, where ``x0_last`` is the
+    previous step's prediction at ``alpha_bar_last`` (s1). Without a history
+    (``x0_last=None``: the first step) it is the first-order step, which equals deterministic
+    DDIM. ``alpha_bar_prev = 1`` (the end, sigma_t = 0) returns ``x0``.
+
+    Shape: x, x0, x0_last: (B, *); alpha_bars: float, 0-d or (B,); output: like x.
+    """
+    owner = "dpm_solver_2m_step"
+    batch = check_data(x, owner=owner, arg="x")
+    check_like(x0, x, owner=owner, arg="x0", ref_arg="x")
+    _check_alpha(alpha_bar, x, batch, owner=owner, arg="alpha_bar", like_arg="x")
+    _check_alpha(alpha_bar_prev, x, batch, owner=owner, arg="alpha_bar_prev", like_arg="x")
+    if (x0_last is None) != (alpha_bar_last is None):
+        raise ValueError(f"{owner}: expected `x0_last` and `alpha_bar_last` together or neither.")
+
+    def as_t(a: Tensor | float) -> Tensor:
+        t = torch.as_tensor(a, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+        return t.reshape(t.shape + (1,) * (x.dim() - t.dim())) if t.dim() else t
+
+    a_s, s_s, l_s = _alpha_sigma_lambda(as_t(alpha_bar))
+    ab_t = as_t(alpha_bar_prev)
+    a_t, s_t = ab_t.sqrt(), (1 - ab_t).sqrt()
+    end = s_t <= 0
+    # alpha_t (e^{-h} - 1) = alpha_s sigma_t / sigma_s - alpha_t, finite at the end
+    coef = a_s * s_t / s_s - a_t
+    out = (s_t / s_s) * x - coef * x0
+    if x0_last is not None:
+        assert alpha_bar_last is not None
+        check_like(x0_last, x, owner=owner, arg="x0_last", ref_arg="x")
+        _check_alpha(alpha_bar_last, x, batch, owner=owner, arg="alpha_bar_last", like_arg="x")
+        _, _, l_last = _alpha_sigma_lambda(as_t(alpha_bar_last))
+        l_t = torch.log(a_t) - torch.log(torch.where(end, torch.ones_like(s_t), s_t))
+        ratio = torch.where(end, torch.zeros_like(l_t), (l_t - l_s) / (l_s - l_last))  # h / h_0
+        out = out - 0.5 * coef * ratio * (x0 - x0_last)
+    return out.to(x.dtype)
 
 
 def ddim_step(
