@@ -99,8 +99,9 @@ class LateFusion(nn.Module):
 
     def reset_parameters(self) -> None:
         for model in self.models.values():
-            if hasattr(model, "reset_parameters"):
-                model.reset_parameters()
+            reset = getattr(model, "reset_parameters", None)
+            if callable(reset):
+                reset()
         self.decision.reset_parameters()
 
     def forward(
