@@ -2,7 +2,8 @@
 
 One subpackage a topic, mirroring the module side: :mod:`~mmfuse.functional.contrastive`,
 :mod:`~mmfuse.functional.fusion`, :mod:`~mmfuse.functional.attention`,
-:mod:`~mmfuse.functional.audio` and :mod:`~mmfuse.functional.generative`. Every public
+:mod:`~mmfuse.functional.audio`, :mod:`~mmfuse.functional.generative` and
+:mod:`~mmfuse.functional.augment` (paired augmentation). Every public
 name is also importable from ``mmfuse.functional`` itself.
 """
 
@@ -24,6 +25,12 @@ from .audio import (
     mel_to_hz,
     mfcc,
     spectrogram,
+)
+from .augment import (
+    PairedMixup,
+    TimeJitter,
+    paired_mixup,
+    time_jitter,
 )
 from .contrastive import (
     DEFAULT_TILE,
@@ -90,6 +97,8 @@ __all__ = [
     "SET_POOLS",
     "ConsistencyScore",
     "InfoNCETerms",
+    "PairedMixup",
+    "TimeJitter",
     "align_to_times",
     "alphas_cumprod",
     "attention_fusion",
@@ -126,6 +135,7 @@ __all__ = [
     "mfcc",
     "modality_dropout",
     "nl_gate",
+    "paired_mixup",
     "posterior_mean_variance",
     "predict_start",
     "product_of_experts",
@@ -139,6 +149,7 @@ __all__ = [
     "spectrogram",
     "spectrogram_to_grid",
     "tensor_fusion",
+    "time_jitter",
     "time_order_violations",
     "time_overlap",
     "timestep_embedding",
