@@ -33,7 +33,8 @@ class PairedMixup(NamedTuple):
     Attributes:
         inputs: Mixed modalities, ``lam * x + (1 - lam) * x[perm]`` each.
         labels: (B, C) mixed soft labels.
-        lam: (B,) mixing weight of each sample (all equal unless ``per_sample``).
+        lam: (B,) mixing weight of each sample (all equal unless ``per_sample``), in the
+            labels' dtype.
         perm: (B,) index of each sample's partner.
         present: Presence after mixing (True where both partners observed the modality), or
             None when none was given.
@@ -181,7 +182,7 @@ def paired_mixup(
             new_masks[m] = masks[m] | masks[m][perm]  # type: ignore[index]
         out[m] = mix(x)
     new_present = None if present is None else {m: p & p[perm] for m, p in present.items()}
-    return PairedMixup(out, mix(soft), lam.clone(), perm, new_present, new_masks)
+    return PairedMixup(out, mix(soft), lam.to(soft.dtype), perm, new_present, new_masks)
 
 
 class TimeJitter(NamedTuple):
