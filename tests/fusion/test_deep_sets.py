@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fusion._reference import random_features, randomise
 from mmfuse import ShapeError
@@ -146,3 +148,23 @@ def test_exports_with_a_dynamic_batch() -> None:
     x7 = random_features(DIMS, 7, dtype=torch.float32, seed=3)
     p7 = {m: torch.rand(7, generator=torch.Generator().manual_seed(4)) > 0.5 for m in DIMS}
     torch.testing.assert_close(ep.module()(features=x7, present=p7), f(x7, p7))
+
+
+@settings(deadline=None, max_examples=25)
+@given(batch=st.integers(1, 4), m=st.integers(1, 5), d=st.integers(1, 4),
+       reduce=st.sampled_from(["sum", "mean", "max"]), seed=st.integers(0, 10_000))
+def test_set_pool_is_symmetric_and_reads_only_observed(batch: int, m: int, d: int, reduce: str,
+                                                       seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(batch, m, d, generator=g, dtype=torch.float64)
+    obs = torch.rand(batch, m, generator=g) > 0.3
+    out = set_pool(v, obs, reduce)
+    perm = torch.randperm(m, generator=g)
+    torch.testing.assert_close(set_pool(v[:, perm], obs[:, perm], reduce), out)
+    garbage = v.where(obs[..., None], torch.tensor(float("nan"), dtype=torch.float64))
+    torch.testing.assert_close(set_pool(garbage, obs, reduce), out)
+    for i in range(batch):
+        rows = v[i, obs[i]]
+        want = (torch.zeros(d, dtype=torch.float64) if rows.shape[0] == 0 else
+                {"sum": rows.sum(0), "mean": rows.mean(0), "max": rows.max(0).values}[reduce])
+        torch.testing.assert_close(out[i], want)
