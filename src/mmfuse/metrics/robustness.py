@@ -17,6 +17,8 @@ The protocol:
   beside the modality tensors.
 - **metric**: ``metric(outputs, labels) -> float`` on the whole data set's outputs, higher is
   better (default :func:`~mmfuse.metrics.accuracy`).
+- **loss_fn**: ``loss_fn(outputs, labels) -> Tensor``, what the attacks ascend (default
+  cross-entropy on logits; for a model returning probabilities, give it their log).
 """
 
 from __future__ import annotations
