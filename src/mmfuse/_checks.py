@@ -128,7 +128,7 @@ def check_batched(x: object, *, owner: object, arg: str) -> int:
         raise TypeError(
             f"{owner_name(owner)}: expected `{arg}` to be a tensor of shape (B, ...), got {got}."
         )
-    return int(x.shape[0])
+    return cast(int, x.shape[0])  # not int(): under torch.export a symbolic batch stays symbolic
 
 
 def check_features(

@@ -153,3 +153,12 @@ def test_errors() -> None:
 def test_all_present_fast_path_equals_presence_path() -> None:
     torch.manual_seed(5)
     assert_all_present_fast_path_equals_presence_path(AttentionFusion(DIMS, 4), DIMS)
+
+
+def test_default_out_dim_is_the_smallest_input_size() -> None:
+    """TorchMultimodal's AttentionFusionModule test builds it without a projection size and
+    expects the smallest encoder size."""
+    f = AttentionFusion({"channel_1": 3, "channel_2": 3, "channel_3": 4})
+    assert f.out_dim == 3
+    x = {"channel_1": torch.rand(2, 3), "channel_2": torch.rand(2, 3), "channel_3": torch.rand(2, 4)}
+    assert f(x).shape == (2, 3)

@@ -2,7 +2,8 @@
 
 One subpackage a topic, mirroring the module side: :mod:`~mmfuse.functional.contrastive`,
 :mod:`~mmfuse.functional.fusion`, :mod:`~mmfuse.functional.attention`,
-:mod:`~mmfuse.functional.audio` and :mod:`~mmfuse.functional.generative`. Every public
+:mod:`~mmfuse.functional.audio`, :mod:`~mmfuse.functional.generative` and
+:mod:`~mmfuse.functional.augment` (paired augmentation). Every public
 name is also importable from ``mmfuse.functional`` itself.
 """
 
@@ -26,6 +27,12 @@ from .audio import (
     power_to_db,
     spectrogram,
 )
+from .augment import (
+    PairedMixup,
+    TimeJitter,
+    paired_mixup,
+    time_jitter,
+)
 from .contrastive import (
     DEFAULT_TILE,
     NORM_EPS,
@@ -43,6 +50,7 @@ from .fusion import (
     ALIGN_MODES,
     DECISION_STRATEGIES,
     GRID_MODES,
+    SET_POOLS,
     align_to_times,
     attention_fusion,
     bilinear_pool,
@@ -55,7 +63,9 @@ from .fusion import (
     masked_softmax,
     max_fusion,
     modality_dropout,
+    nl_gate,
     product_of_experts,
+    set_pool,
     signed_sqrt,
     soft_vote,
     spectrogram_to_grid,
@@ -95,9 +105,12 @@ __all__ = [
     "GRID_MODES",
     "NORM_EPS",
     "REDUCTIONS",
+    "SET_POOLS",
     "VARIANTS",
     "ConsistencyScore",
     "InfoNCETerms",
+    "PairedMixup",
+    "TimeJitter",
     "align_to_times",
     "alphas_cumprod",
     "attention_fusion",
@@ -136,7 +149,9 @@ __all__ = [
     "mel_to_hz",
     "mfcc",
     "modality_dropout",
+    "nl_gate",
     "nt_xent_loss",
+    "paired_mixup",
     "posterior_mean_variance",
     "power_to_db",
     "predict_start",
@@ -144,6 +159,7 @@ __all__ = [
     "q_sample",
     "reparameterize",
     "scaled_linear_beta_schedule",
+    "set_pool",
     "siglip_loss",
     "sigmoid_beta_schedule",
     "signed_sqrt",
@@ -153,6 +169,7 @@ __all__ = [
     "spectrogram_to_grid",
     "supcon_loss",
     "tensor_fusion",
+    "time_jitter",
     "time_order_violations",
     "time_overlap",
     "timestep_embedding",

@@ -8,10 +8,13 @@ from .concat import ConcatFusion
 from .cross_attention import CrossAttentionFusion, CrossAttentionFusionOutput
 from .data_level import DataLevelFusion
 from .decision_level import DecisionFusion
+from .deep_sets import DeepSetsFusion
 from .film import FiLMFusion
 from .gated import GatedFusion
+from .late import LateFusion
 from .low_rank_tensor import LowRankTensorFusion
 from .modality_dropout import ModalityDropout
+from .nl_gate import NLGateFusion
 from .tensor import TensorFusion
 
 __all__ = [
@@ -23,9 +26,12 @@ __all__ = [
     "CrossAttentionFusionOutput",
     "DataLevelFusion",
     "DecisionFusion",
+    "DeepSetsFusion",
     "FiLMFusion",
     "GatedFusion",
+    "LateFusion",
     "LowRankTensorFusion",
     "ModalityDropout",
+    "NLGateFusion",
     "TensorFusion",
 ]

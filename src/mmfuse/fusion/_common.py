@@ -42,13 +42,16 @@ class Observed(NamedTuple):
 
 
 def check_config(
-    owner: object, dims: object, out_dim: object, *, min_modalities: int = 1, why: str = ""
+    owner: object, dims: object, out_dim: object, *, min_modalities: int = 1, why: str = "",
+    default_out_dim: bool = False,
 ) -> tuple[dict[str, int], int]:
     """Validate a feature-level constructor's ``dims`` and ``out_dim``; return them as stored.
 
     ``min_modalities`` is the fewest modalities the module can fuse (``why`` says why, in the
-    message)."""
+    message). With ``default_out_dim``, ``out_dim=None`` means the smallest of ``dims``."""
     checked = check_dims(dims, owner=owner)
+    if default_out_dim and out_dim is None:
+        out_dim = min(checked.values())
     if len(checked) < min_modalities:
         raise ValueError(
             f"{owner_name(owner)}: expected `dims` to name at least {min_modalities} "

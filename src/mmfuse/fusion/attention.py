@@ -42,7 +42,8 @@ class AttentionFusion(nn.Module):
 
     Args:
         dims: Feature size per modality, e.g. ``{"image": 2048, "text": 768}``.
-        out_dim: Output feature size D.
+        out_dim: Output feature size D; None takes the smallest of ``dims`` (TorchMultimodal's
+            ``AttentionFusionModule`` default).
         hidden: Hidden size of the scoring network (``Linear, tanh, Linear``); None scores with
             a single linear map.
 
@@ -61,7 +62,7 @@ class AttentionFusion(nn.Module):
     def __init__(
         self,
         dims: Mapping[str, int],
-        out_dim: int,
+        out_dim: int | None = None,
         *,
         hidden: int | None = None,
         device: torch.device | str | None = None,
@@ -69,7 +70,8 @@ class AttentionFusion(nn.Module):
     ) -> None:
         super().__init__()
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.dims, self.out_dim = check_config(self, dims, out_dim)
+        self.dims, self.out_dim = check_config(self, dims, out_dim, default_out_dim=True)
+        out_dim = self.out_dim
         if hidden is not None:
             check_size(hidden, owner=self, arg="hidden")
         self.hidden = hidden

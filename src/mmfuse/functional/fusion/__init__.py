@@ -1,5 +1,5 @@
 """Fusion math behind ``mmfuse.fusion``: data-level alignment, feature-level fusion,
-decision-level fusion, absent-modality filling and modality dropout."""
+decision-level fusion, absent-modality filling, modality dropout, set pooling and the non-local gate."""
 
 from __future__ import annotations
 
@@ -36,11 +36,17 @@ from .feature import (
 from .modality_dropout import (
     modality_dropout,
 )
+from .sets import (
+    SET_POOLS,
+    nl_gate,
+    set_pool,
+)
 
 __all__ = [
     "ALIGN_MODES",
     "DECISION_STRATEGIES",
     "GRID_MODES",
+    "SET_POOLS",
     "align_to_times",
     "attention_fusion",
     "bilinear_pool",
@@ -53,7 +59,9 @@ __all__ = [
     "masked_softmax",
     "max_fusion",
     "modality_dropout",
+    "nl_gate",
     "product_of_experts",
+    "set_pool",
     "signed_sqrt",
     "soft_vote",
     "spectrogram_to_grid",
