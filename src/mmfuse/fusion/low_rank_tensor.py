@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -86,8 +86,9 @@ class LowRankTensorFusion(nn.Module):
     def reset_parameters(self) -> None:
         # [1, z] @ W_m[r] has unit variance for unit-variance z; so does the weighted sum.
         for m, d in self.dims.items():
-            nn.init.normal_(self.factors[m].weight, std=(d + 1) ** -0.5)
-            nn.init.normal_(self.factors[m].bias, std=(d + 1) ** -0.5)
+            lin = cast(nn.Linear, self.factors[m])
+            nn.init.normal_(lin.weight, std=(d + 1) ** -0.5)
+            nn.init.normal_(lin.bias, std=(d + 1) ** -0.5)
         nn.init.normal_(self.weights, std=self.rank**-0.5)
         nn.init.zeros_(self.bias)
 
