@@ -47,8 +47,12 @@ def quantize_dynamic(model: nn.Module, dtype: torch.dtype = torch.qint8, *,
     The PyTorch-native path, ``torch.ao.quantization.quantize_dynamic``: each ``nn.Linear``
     becomes a ``torch.ao.nn.quantized.dynamic.Linear`` (its bias stays float). Weights are
     quantized per output channel by default (``per_channel=False``: one scale per tensor).
-    Convolutions, norms and other parameters stay float32: dynamic quantization covers linear
-    layers only. The result runs in eval mode on the CPU and has no gradients.
+    Activation scales are computed per call, so a sample's result can depend slightly on the
+    batch it comes in. The result runs in eval mode on the CPU and has no gradients.
+
+    Convolutions, norms, embeddings and other parameters stay float32: torch's dynamic
+    ``Conv2d`` exists but is not in its default mapping, torch warns that its accuracy is poor,
+    and on mmfuse's encoders it was (relative error 0.2 to 0.5), so it is not offered.
 
     Args:
         model: Any module; mmfuse modules keep their forward (checks included).
