@@ -100,7 +100,7 @@ def base_tensor(f: TensorFusion, x: dict[str, Tensor]) -> Tensor:
 def base_low_rank(f: LowRankTensorFusion, x: dict[str, Tensor]) -> Tensor:
     out = None
     for m in DIMS:
-        part = torch.einsum("bi,rio->bro", ones_cat(x[m]), f.factors[m])
+        part = torch.einsum("bi,rio->bro", ones_cat(x[m]), f.factor(m))
         out = part if out is None else out * part
     return torch.einsum("r,bro->bo", f.weights, out) + f.bias
 

@@ -19,6 +19,7 @@ __all__ = ["ModalityError", "ShapeError", "__version__"]
 _SUBMODULES = {
     "alignment",
     "data",
+    "deploy",
     "distributed",
     "encoders",
     "functional",

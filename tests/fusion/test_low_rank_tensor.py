@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fusion._reference import assert_all_present_fast_path_equals_presence_path, random_features
+from mmfuse.errors import ModalityError
 from mmfuse.fusion import LowRankTensorFusion, TensorFusion
 
 DIMS = {"image": 3, "text": 2, "audio": 4}
@@ -21,7 +22,7 @@ def equivalent_tensor_fusion(lr: LowRankTensorFusion) -> TensorFusion:
     names = list(lr.dims)
     letters = "abcdefgh"[: len(names)]
     spec = ",".join(f"r{c}o" for c in letters) + ",r->o" + letters
-    full = torch.einsum(spec, *(lr.factors[m] for m in names), lr.weights)  # (O, D_0+1, ...)
+    full = torch.einsum(spec, *(lr.factor(m) for m in names), lr.weights)  # (O, D_0+1, ...)
     with torch.no_grad():
         tf.linear.weight.copy_(full.reshape(lr.out_dim, -1))
         tf.linear.bias.copy_(lr.bias)
@@ -59,19 +60,20 @@ def test_every_factor_is_a_registered_parameter() -> None:
     """The MultiBench bug: factors in a Python list are not trained, saved or moved."""
     lr = LowRankTensorFusion(DIMS, 5, 3)
     names = {n for n, _ in lr.named_parameters()}
-    assert {f"factors.{m}" for m in DIMS} <= names
+    factor_names = {f"factors.{m}.{p}" for m in DIMS for p in ("weight", "bias")}
+    assert factor_names <= names
     assert {"weights", "bias"} <= names
-    assert {f"factors.{m}" for m in DIMS} <= set(lr.state_dict())
+    assert factor_names <= set(lr.state_dict())
     # moved with the module
     assert all(p.dtype == torch.float64 for p in lr.double().parameters())
     # trained: one optimiser step changes every factor
     lr = LowRankTensorFusion(DIMS, 5, 3)
-    before = {m: lr.factors[m].detach().clone() for m in DIMS}
+    before = {m: lr.factor(m).detach().clone() for m in DIMS}
     opt = torch.optim.SGD(lr.parameters(), lr=0.1)
     lr(random_features(DIMS, 4, torch.float32)).pow(2).sum().backward()
     opt.step()
     for m in DIMS:
-        assert not torch.equal(before[m], lr.factors[m].detach()), m
+        assert not torch.equal(before[m], lr.factor(m).detach()), m
     # saved: a fresh module loading the state dict gives the same output
     buf = io.BytesIO()
     torch.save(lr.state_dict(), buf)
@@ -89,8 +91,8 @@ def test_gradcheck_float64_inputs_and_factors() -> None:
     assert torch.autograd.gradcheck(lambda a, b: lr({"a": a, "b": b}), xs)
     from mmfuse.functional import low_rank_tensor_fusion
 
-    fa = lr.factors["a"].detach().clone().requires_grad_()
-    fb = lr.factors["b"].detach().clone().requires_grad_()
+    fa = lr.factor("a").detach().clone().requires_grad_()
+    fb = lr.factor("b").detach().clone().requires_grad_()
     w = lr.weights.detach().clone().requires_grad_()
     b = lr.bias.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(
@@ -108,3 +110,40 @@ def test_errors() -> None:
 def test_all_present_fast_path_equals_presence_path() -> None:
     torch.manual_seed(5)
     assert_all_present_fast_path_equals_presence_path(LowRankTensorFusion(DIMS, 4, 2), DIMS)
+
+
+def test_factors_are_linear_layers_holding_the_factor() -> None:
+    """W_m stored as nn.Linear(D_m, R * D): weight = W_m[:, 1:, :], bias = W_m[:, 0, :]."""
+    torch.manual_seed(2)
+    lr = LowRankTensorFusion({"a": 3, "b": 2}, 4, 5, dtype=torch.float64)
+    for m, d in lr.dims.items():
+        lin = lr.factors[m]
+        assert type(lin) is torch.nn.Linear and lin.weight.shape == (5 * 4, d)
+        w = lr.factor(m)
+        assert w.shape == (5, d + 1, 4)
+        z = torch.randn(7, d, dtype=torch.float64)
+        ones_z = torch.cat([torch.ones(7, 1, dtype=torch.float64), z], 1)
+        loop = torch.stack([ones_z @ w[r] for r in range(5)], 1)  # (B, R, D)
+        torch.testing.assert_close(lin(z).view(7, 5, 4), loop)
+    with pytest.raises(ModalityError, match=r"^LowRankTensorFusion: expected a modality in "
+                                            r"\['a', 'b'\], got 'c'\.$"):
+        lr.factor("c")
+
+
+def test_loads_checkpoints_of_the_parameter_layout() -> None:
+    """A state dict with each factor as one (R, D_m + 1, D) tensor (key ``factors.<m>``, the
+    layout before the factors became linear layers) loads, nested too, and computes the same."""
+    torch.manual_seed(3)
+    lr = LowRankTensorFusion(DIMS, 4, 2)
+    old = {k: v for k, v in lr.state_dict().items() if not k.startswith("factors.")}
+    old |= {f"factors.{m}": lr.factor(m).detach().clone() for m in DIMS}
+    x = random_features(DIMS, 3, torch.float32)
+    fresh = LowRankTensorFusion(DIMS, 4, 2)
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh(x), lr(x))
+    outer = torch.nn.Sequential(LowRankTensorFusion(DIMS, 4, 2))
+    outer.load_state_dict({f"0.{k}": v for k, v in old.items()})
+    torch.testing.assert_close(outer[0](x), lr(x))
+    bad = {**old, "factors.text": torch.zeros(2, 9, 4)}  # D_text + 1 = 3, not 9
+    with pytest.raises(RuntimeError, match=r"factors\.text\.weight"):
+        LowRankTensorFusion(DIMS, 4, 2).load_state_dict(bad)

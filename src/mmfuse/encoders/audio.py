@@ -155,7 +155,7 @@ class AudioEncoder(nn.Module):
             raise TypeError(
                 f"AudioEncoder: expected `audio` to be a floating-point tensor, got {spec.dtype}."
             )
-        x = spec.to(self.proj.weight.dtype)
+        x = spec.to(next(self.blocks.parameters()).dtype)  # the convs' (a quantized proj has none)
         if self.normalize:  # per-sample standardisation, statistics in float32
             xf = x.float()
             mean = xf.mean(dim=(1, 2), keepdim=True)

@@ -142,7 +142,10 @@ class SentenceEncoder(nn.Module):
             )
         if self.proj is None:
             return emb
-        emb = emb.to(device=self.proj.weight.device, dtype=self.proj.weight.dtype).clone()
+        ref = next(self.proj.parameters(), None)  # None: int8 dynamic quantized (float32 input)
+        if ref is not None:
+            emb = emb.to(device=ref.device, dtype=ref.dtype)
+        emb = emb.clone()
         return self.proj(emb)
 
     def extra_repr(self) -> str:

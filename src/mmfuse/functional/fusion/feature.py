@@ -218,10 +218,19 @@ def _low_rank_tensor_fusion(
 ) -> Tensor:
     """:func:`low_rank_tensor_fusion` without the boundary checks (for callers that have
     checked, e.g. a module forward whose parameters fix every size)."""
-    joint = torch.einsum("bi,rio->bro", _with_one(zs[0]), factors[0])  # (B, R, O)
-    for z, factor in zip(zs[1:], factors[1:]):
-        joint = joint * torch.einsum("bi,rio->bro", _with_one(z), factor)  # (B, R, O)
-    return torch.einsum("r,bro->bo", weights, joint) + bias  # (B, O)
+    projections = [torch.einsum("bi,rio->bro", _with_one(z), factor)  # (B, R, O) each
+                   for z, factor in zip(zs, factors)]
+    return _low_rank_combine(projections, weights, bias)
+
+
+def _low_rank_combine(projections: Sequence[Tensor], weights: Tensor, bias: Tensor) -> Tensor:
+    """``sum_r weights[r] * prod_m projections[m][:, r] + bias``: the last step of
+    :func:`low_rank_tensor_fusion`, given each modality's ``[1, z_m] @ factors[m][r]`` as a
+    (B, R, O) tensor (a module computes those with one linear layer per modality)."""
+    joint = projections[0]
+    for p in projections[1:]:
+        joint = joint * p  # (B, R, O)
+    return torch.einsum("r,bro->bo", weights.to(joint.dtype), joint) + bias  # (B, O)
 
 
 def film(x: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
