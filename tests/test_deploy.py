@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 
@@ -11,7 +12,7 @@ from torch import nn
 from torch.ao.nn.quantized import dynamic as nnqd
 
 from contract.registry import ContractCase, all_cases
-from mmfuse.deploy import make_permanent, prune, quantize_dynamic, sparsity
+from mmfuse.deploy import Int8WeightConv, make_permanent, prune, quantize_dynamic, sparsity
 from mmfuse.fusion import (
     AttentionFusion,
     GatedFusion,
@@ -35,25 +36,32 @@ def _float_linears(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
 
 
+def _float_convs(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+
+
 @pytest.mark.parametrize("case", PARAMETRISED, ids=[c.id for c in PARAMETRISED])
 def test_every_parametrised_registry_module_quantizes(case: ContractCase) -> None:
     torch.manual_seed(0)
     model = case.build().eval()
     linears = len(_float_linears(model))
+    convs = len(_float_convs(model))
     kwargs = case.inputs(4, torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = case.output(model(**kwargs))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the deprecation warnings of torch.ao are silenced
         q = quantize_dynamic(model)
-    assert _float_linears(q) == []
+    assert _float_linears(q) == [] and _float_convs(q) == []
     assert sum(isinstance(m, nnqd.Linear) for m in q.modules()) == linears
+    assert sum(isinstance(m, Int8WeightConv) for m in q.modules()) == convs
     assert _float_linears(model) != [] or linears == 0  # a copy: the float model is untouched
     with torch.no_grad():
         out = case.output(q(**kwargs))
     assert out.shape == ref.shape and out.dtype == ref.dtype
     assert torch.isfinite(out).all()
-    if linears:
+    if linears or convs:
         assert 0 < _rel_err(out, ref) <= REL_TOL
     else:
         torch.testing.assert_close(out, ref, rtol=0, atol=0)
@@ -233,3 +241,47 @@ def test_prune_and_sparsity_errors() -> None:
         prune(quantize_dynamic(nn.Sequential(nn.Linear(3, 3))), 0.5, modules=nn.Linear)
     with pytest.raises(TypeError, match=r"^sparsity: expected `model` to be an nn\.Module"):
         sparsity(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv1d(3, 5, 3, padding=1), nn.Conv2d(2, 4, 3, stride=2, padding="valid"),
+    nn.Conv2d(2, 4, 3, padding="same", padding_mode="reflect", bias=False),
+    nn.Conv3d(2, 3, (1, 3, 3), padding=(0, 1, 1), groups=1), nn.Conv2d(4, 4, 3, groups=2),
+], ids=["1d", "2d-valid-stride", "2d-same-reflect", "3d", "2d-groups"])
+def test_int8_weight_conv_matches_the_dequantized_float_conv(conv: nn.Module) -> None:
+    """Int8WeightConv equals the float convolution run with its dequantized weight, and the
+    weight error is within half a quantization step per channel."""
+    torch.manual_seed(0)
+    q = Int8WeightConv(conv)
+    w = conv.weight.detach()
+    deq = q.weight_int8.float() * q.weight_scale
+    assert q.weight_int8.dtype == torch.int8
+    step = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True) / 127
+    assert bool(((deq - w).abs() <= step / 2 + 1e-7).all())
+    x = torch.randn(2, conv.in_channels, *([9] * (w.dim() - 2)))
+    ref = copy.deepcopy(conv)
+    with torch.no_grad():
+        ref.weight.copy_(deq)
+    torch.testing.assert_close(q(x), ref(x), atol=1e-5, rtol=1e-5)
+    assert (q(x) - conv(x)).abs().max() < 0.05 * conv(x).abs().max()
+
+
+def test_quantize_dynamic_stores_conv_weights_in_int8_and_shrinks_the_checkpoint() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(4, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.Flatten(),
+                        nn.Linear(32 * 4 * 4, 10))
+    q = quantize_dynamic(net)
+    assert not any(isinstance(m, (nn.Conv2d, nn.Linear)) and type(m).__module__.startswith("torch.nn")
+                   for m in q.modules())
+    assert isinstance(q[0], Int8WeightConv)
+    kept = quantize_dynamic(net, convs=False)
+    assert isinstance(kept[0], nn.Conv2d)
+
+    def size(m: nn.Module) -> int:
+        buf = io.BytesIO()
+        torch.save(m.state_dict(), buf)
+        return buf.tell()
+
+    assert size(q) < size(kept) < size(net)
+    x = torch.randn(4, 4, 8, 8)
+    assert (q(x) - net(x)).abs().max() < 0.05 * net(x).abs().max()

@@ -22,15 +22,72 @@ import warnings
 from collections.abc import Sequence
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.nn.utils import prune as _prune
 
-__all__ = ["PRUNABLE", "make_permanent", "prune", "quantize_dynamic", "sparsity"]
+__all__ = ["PRUNABLE", "Int8WeightConv", "make_permanent", "prune", "quantize_dynamic",
+           "sparsity"]
 
 PRUNABLE: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 """The layer types :func:`prune` and :func:`sparsity` consider by default (their ``weight``)."""
 
 _QDTYPES = {torch.qint8: "torch.qint8", torch.float16: "torch.float16"}
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_FNS = (F.conv1d, F.conv2d, F.conv3d)
+
+
+class Int8WeightConv(nn.Module):
+    """A convolution whose weight is stored in int8 with one float32 scale per output
+    channel (symmetric, ``scale = max|w| / 127``), dequantized at each call; activations
+    stay float. What :func:`quantize_dynamic` puts in place of ``nn.Conv1d/2d/3d``: a quarter
+    of the weight storage, with the relative weight error bounded by 1/254 per channel.
+
+    Shape: like the convolution it replaces.
+    """
+
+    weight_int8: Tensor
+    weight_scale: Tensor
+
+    def __init__(self, conv: nn.Conv1d | nn.Conv2d | nn.Conv3d) -> None:
+        super().__init__()
+        if not isinstance(conv, _CONVS):
+            raise TypeError(f"Int8WeightConv: expected `conv` to be an nn.Conv1d, Conv2d or "
+                            f"Conv3d, got {type(conv).__name__}.")
+        w = conv.weight.detach().float()
+        scale = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp_min(1e-12) / 127
+        self.register_buffer("weight_int8", (w / scale).round().clamp(-127, 127).to(torch.int8))
+        self.register_buffer("weight_scale", scale)
+        self.bias = (None if conv.bias is None
+                     else nn.Parameter(conv.bias.detach().clone(), requires_grad=False))
+        self.stride, self.dilation, self.groups = conv.stride, conv.dilation, conv.groups
+        self.padding = conv.padding
+        self.padding_mode = conv.padding_mode
+        self.pad = tuple(conv._reversed_padding_repeated_twice)
+        self.conv_fn = _CONV_FNS[w.dim() - 3]
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = (self.weight_int8.to(self.weight_scale.dtype) * self.weight_scale).to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self.pad, mode=self.padding_mode)
+            return self.conv_fn(x, w, bias, self.stride, 0, self.dilation, self.groups)
+        return self.conv_fn(x, w, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        out_ch, in_ch = self.weight_int8.shape[:2]
+        return (f"{in_ch * self.groups}, {out_ch}, kernel_size={tuple(self.weight_int8.shape[2:])}"
+                f", stride={self.stride}, int8 weights")
+
+
+def _swap_convs(model: nn.Module) -> nn.Module:
+    if isinstance(model, _CONVS):
+        return Int8WeightConv(model)
+    for name, child in model.named_children():
+        setattr(model, name, _swap_convs(child))
+    return model
 
 
 def _check_model(model: object, owner: str) -> None:
@@ -40,7 +97,8 @@ def _check_model(model: object, owner: str) -> None:
 
 
 def quantize_dynamic(model: nn.Module, dtype: torch.dtype = torch.qint8, *,
-                     per_channel: bool = True, inplace: bool = False) -> nn.Module:
+                     per_channel: bool = True, convs: bool = True,
+                     inplace: bool = False) -> nn.Module:
     """Quantize every ``nn.Linear`` of ``model`` dynamically (weights int8, activations
     quantized per batch at run time), for CPU inference.
 
@@ -50,14 +108,17 @@ def quantize_dynamic(model: nn.Module, dtype: torch.dtype = torch.qint8, *,
     Activation scales are computed per call, so a sample's result can depend slightly on the
     batch it comes in. The result runs in eval mode on the CPU and has no gradients.
 
-    Convolutions, norms, embeddings and other parameters stay float32: torch's dynamic
-    ``Conv2d`` exists but is not in its default mapping, torch warns that its accuracy is poor,
-    and on mmfuse's encoders it was (relative error 0.2 to 0.5), so it is not offered.
+    Convolutions (with ``convs=True``, int8 only) get int8 *weights* only: each becomes an
+    :class:`Int8WeightConv` (per-output-channel scales, dequantized at each call, float
+    activations). torch's dynamic ``Conv2d``, which also quantizes activations, is not used:
+    torch warns that its accuracy is poor, and on mmfuse's encoders it was (relative error 0.2
+    to 0.5). Norms, embeddings and other parameters stay float32.
 
     Args:
         model: Any module; mmfuse modules keep their forward (checks included).
         dtype: ``torch.qint8`` (int8 weights) or ``torch.float16`` (half-precision weights).
         per_channel: One scale per output row (int8 only).
+        convs: Store convolution weights in int8 too (int8 only; see above).
         inplace: Change ``model`` itself instead of a copy.
 
     Returns:
@@ -89,7 +150,10 @@ def quantize_dynamic(model: nn.Module, dtype: torch.dtype = torch.qint8, *,
             qconfig = tq.per_channel_dynamic_qconfig
         else:
             qconfig = tq.default_dynamic_qconfig
-        return tq.quantize_dynamic(model, {nn.Linear: qconfig}, dtype=dtype, inplace=inplace)
+        out = tq.quantize_dynamic(model, {nn.Linear: qconfig}, dtype=dtype, inplace=inplace)
+    if convs and dtype == torch.qint8:
+        out = _swap_convs(out)
+    return out
 
 
 def _targets(model: nn.Module, modules: Sequence[type[nn.Module]] | type[nn.Module],
