@@ -11,9 +11,12 @@ divided by the *global* number of anchors. So, over ranks:
   gradients of any parameter (the encoder's, the logit scale) sum over ranks to the
   single-process gradient.
 
-``DistributedDataParallel`` *averages* gradients over ranks; to train with the single-process
-gradient under DDP, multiply the loss by ``world_size`` (open_clip's local-loss convention
-differs by exactly this factor).
+``DistributedDataParallel`` (and FSDP) *average* gradients over ranks, which would divide the
+single-process gradient by the world size (open_clip's local-loss convention differs by exactly
+this factor). ``grad_reduction="mean"`` (``InfoNCELoss(gather=True, grad_reduction="mean")``)
+corrects for it: every rank returns the loss of the whole global batch (one extra all-reduce of
+a scalar), with a gradient ``world_size`` times its own share's, so that DDP's average is the
+single-process gradient on the concatenated batch, for uneven per-rank batches too.
 
 Before any data moves, the ranks exchange one small int64 header each (batch size, trailing
 shape, dtype, whether gradients are wanted, and whether the rank's own input checks passed).
@@ -50,6 +53,7 @@ __all__ = ["all_gather_with_grad", "gather_sizes", "info_nce_gathered", "is_dist
 _DTYPES = sorted({v for v in vars(torch).values() if isinstance(v, torch.dtype)}, key=str)
 _DIMS_IN_HEADER = 8  # trailing dims sent in the header; more take a second exchange
 _DIRECTIONS = ("both", "a2b", "b2a")
+_REDUCTIONS = ("sum", "mean")  # how the training loop reduces gradients over ranks
 
 
 def is_distributed(group: Any = None) -> bool:
@@ -228,10 +232,14 @@ def _gather(x: Tensor, *, group: Any, owner: object, arg: str, error: BaseExcept
 
 
 def _describe_options(extra: tuple[int, ...]) -> str:
-    positives, weights, direction = extra
+    positives, weights, direction, reduction = extra
     w = ("None", "a float tensor", "a bool tensor")[weights]
     d = _DIRECTIONS[direction] if 0 <= direction < len(_DIRECTIONS) else "invalid"
-    return f"positives {'given' if positives else 'None'}, weights {w}, direction {d!r}"
+    text = f"positives {'given' if positives else 'None'}, weights {w}, direction {d!r}"
+    if reduction:  # named only where it is not the default
+        r = _REDUCTIONS[reduction] if 0 <= reduction < len(_REDUCTIONS) else "invalid"
+        text += f", grad_reduction {r!r}"
+    return text
 
 
 def _check_inputs(a: object, b: object, positives: object, weights: object, direction: object,
@@ -267,6 +275,7 @@ def info_nce_gathered(
     chunk_size: int | str | None = "auto",
     owner: object = "info_nce_gathered",
     group: Any = None,
+    grad_reduction: str = "sum",
 ) -> Tensor:
     """This rank's share of the InfoNCE loss of the batch gathered from every rank.
 
@@ -282,6 +291,12 @@ def info_nce_gathered(
     rank's inputs fail their checks, or disagree with the other ranks' in trailing shape or
     dtype, every rank raises (the failing rank its own error), and none hangs.
 
+    ``grad_reduction="mean"`` is for a loop that *averages* gradients over ranks
+    (``DistributedDataParallel``, FSDP): every rank returns the loss of the whole global batch,
+    and the gradient of that value is ``world_size`` times the gradient of the rank's share,
+    so that the averaged gradient of every parameter is the single-process one. Every rank must
+    pass the same ``grad_reduction``.
+
     Shape:
         - a, b: (B_r, D) on rank r; positives, weights: (B_r,)
         - output: () scalar
@@ -290,6 +305,7 @@ def info_nce_gathered(
     error: BaseException | None = None
     inp: _Inputs | None = None
     try:
+        check_choice(grad_reduction, _REDUCTIONS, owner=owner, arg="grad_reduction")
         inp = _check_inputs(a, b, positives, weights, direction, owner=owner,
                             allow_empty=distributed)
     except (TypeError, ValueError) as exc:
@@ -301,6 +317,7 @@ def info_nce_gathered(
             int(positives is not None),
             0 if weights is None else 2 if getattr(weights, "dtype", None) == torch.bool else 1,
             _DIRECTIONS.index(direction) if direction in _DIRECTIONS else -1,
+            _REDUCTIONS.index(grad_reduction) if grad_reduction in _REDUCTIONS else -1,
         )
         a_all, sizes = _gather(a, group=group, owner=owner, arg="a", error=error, extra=options,
                                extra_text=_describe_options)
@@ -337,4 +354,12 @@ def info_nce_gathered(
             dist.all_reduce(den, op=dist.ReduceOp.SUM, group=group)
         parts.append(num / den.clamp_min(torch.finfo(num.dtype).tiny))
     loss = parts[0] if len(parts) == 1 else (parts[0] + parts[1]) / 2
+    if distributed and grad_reduction == "mean":
+        # the value: the global loss (the shares' sum); the gradient: world_size x the share's,
+        # which an average over ranks turns into the single-process gradient
+        world = dist.get_world_size(group)
+        total_loss = loss.detach().clone()
+        dist.all_reduce(total_loss, op=dist.ReduceOp.SUM, group=group)
+        scaled = loss * world
+        loss = scaled + (total_loss - scaled).detach()
     return loss.to(torch.promote_types(torch.promote_types(a.dtype, b.dtype), scale.dtype))

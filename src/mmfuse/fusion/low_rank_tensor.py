@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_size
+from .._precision import feature_output
 from ..functional.fusion.feature import _low_rank_tensor_fusion
 from ._common import check_config, observe_zero_filled
 
@@ -79,7 +80,8 @@ class LowRankTensorFusion(nn.Module):
     ) -> Tensor:
         _, zs = observe_zero_filled(self, self.dims, features, present)
         factors = [self.factors[m] for m in self.dims]
-        return _low_rank_tensor_fusion(zs, factors, self.weights, self.bias)  # checked above
+        # under autocast the float32 bias would promote the sum back: features follow autocast
+        return feature_output(_low_rank_tensor_fusion(zs, factors, self.weights, self.bias))
 
     def extra_repr(self) -> str:
         return f"dims={self.dims}, out_dim={self.out_dim}, rank={self.rank}"

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_inputs, check_positive, check_size, format_shape, owner_name
+from .._precision import outside_autocast
 from ..errors import ShapeError
 from ..functional import dct_matrix, log_mel_spectrogram, mel_filterbank
 
@@ -95,9 +96,10 @@ class LogMelSpectrogram(nn.Module):
         if waveform.shape[:-1].numel() == 0:  # an empty batch: torch.stft rejects it
             frames = 1 + waveform.shape[-1] // self.hop_length
             return waveform.new_zeros(*waveform.shape[:-1], self.n_mels, frames)
-        return log_mel_spectrogram(waveform, self.sample_rate, n_fft=self.n_fft,
-                                   hop_length=self.hop_length, eps=self.eps,
-                                   filterbank=self.filterbank)
+        with outside_autocast(waveform.device):  # signal processing: in the input's dtype
+            return log_mel_spectrogram(waveform, self.sample_rate, n_fft=self.n_fft,
+                                       hop_length=self.hop_length, eps=self.eps,
+                                       filterbank=self.filterbank)
 
     def frame_times(self, start: float | Tensor, num_frames: int) -> Tensor:
         """Clock time of each frame's centre for a waveform whose first sample is at ``start``.
@@ -167,7 +169,8 @@ class MFCC(LogMelSpectrogram):
 
     def forward(self, waveform: Tensor) -> Tensor:
         logmel = super().forward(waveform)  # (..., n_mels, frames)
-        out = torch.matmul(logmel.transpose(-1, -2), self.dct.to(logmel.dtype))  # (..., frames, n_mfcc)
+        with outside_autocast(waveform.device):  # signal processing: in the input's dtype
+            out = torch.matmul(logmel.transpose(-1, -2), self.dct.to(logmel.dtype))  # (..., frames, n_mfcc)
         return out.transpose(-1, -2)
 
     def extra_repr(self) -> str:
@@ -243,8 +246,9 @@ class Resample(nn.Module):
 
     def forward(self, waveform: Tensor) -> Tensor:
         _check_waveform(waveform, self)
-        return resample(waveform, self.orig_freq, self.new_freq,
-                        lowpass_filter_width=self.lowpass_filter_width, rolloff=self.rolloff)
+        with outside_autocast(waveform.device):  # signal processing: in the input's dtype
+            return resample(waveform, self.orig_freq, self.new_freq,
+                            lowpass_filter_width=self.lowpass_filter_width, rolloff=self.rolloff)
 
     def extra_repr(self) -> str:
         return f"orig_freq={self.orig_freq}, new_freq={self.new_freq}"

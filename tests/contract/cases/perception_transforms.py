@@ -43,6 +43,7 @@ register(ContractCase(
     inputs=waveform,
     out_shape=lambda b: (b, 16, 1 + S // 64),
     empty_batch="empty",
+    precision="data",  # signal processing, outside autocast
     bad_inputs=bad_waveform,
 ))
 register(ContractCase(
@@ -51,6 +52,7 @@ register(ContractCase(
     inputs=waveform,
     out_shape=lambda b: (b, 8, 1 + S // 64),
     empty_batch="empty",
+    precision="data",  # signal processing, outside autocast
     bad_inputs=bad_waveform,
 ))
 register(ContractCase(
@@ -59,6 +61,7 @@ register(ContractCase(
     inputs=waveform,
     out_shape=lambda b: (b, S * 3 // 4),
     empty_batch="empty",
+    precision="data",  # signal processing, outside autocast
     bad_inputs=bad_waveform,
 ))
 register(ContractCase(
@@ -67,6 +70,7 @@ register(ContractCase(
     inputs=frames,
     out_shape=lambda b: (b, 3, 6, 8),
     empty_batch="empty",
+    precision="data",  # signal processing, outside autocast
     bad_inputs=bad_frames,
 ))
 register(ContractCase(
@@ -75,5 +79,6 @@ register(ContractCase(
     inputs=frames,
     out_shape=lambda b: (b, 3, 12, 16),
     empty_batch="empty",
+    precision="data",  # signal processing, outside autocast
     bad_inputs=bad_frames,
 ))
