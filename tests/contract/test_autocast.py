@@ -111,7 +111,15 @@ def test_cpu_bfloat16_autocast_backward(case: ContractCase) -> None:
     check_autocast_backward(case, "cpu", torch.bfloat16)
 
 
-@pytest.mark.parametrize("case", CASES, ids=ids)
+# the modules whose forward reads the autocast state (the policy's casts and the outside-autocast
+# regions); every other module is compiled by the contract suite, where autocast changes no code
+READS_AUTOCAST = ("LowRankTensorFusion", "ModalityGraphAttention", "CVAEHead", "DiffusionHead",
+                  "ConditioningAugmentation")
+COMPILED = [c for c in CASES
+            if c.precision_kind() != "feature" or c.id.startswith(READS_AUTOCAST)]
+
+
+@pytest.mark.parametrize("case", COMPILED, ids=lambda c: c.id)
 def test_compiled_under_autocast_equals_eager(case: ContractCase) -> None:
     torch._dynamo.reset()
     m = checks.build(case).eval()
