@@ -43,7 +43,7 @@ LOSS_CASES = [
     ("3-ranks-empty-groups-mean", [4, 0, 3], {"seed": 6, "groups": True, "chunk": 2, "eps": 0.1,
                                               "reduction": "mean"}),
 ]
-ERROR_CASES = ["size", "dtype", "loss-size", "local", "options", "all-empty"]
+ERROR_CASES = ["size", "dtype", "loss-size", "local", "options", "reduction", "all-empty"]
 
 
 def global_batch(sizes: list[int], seed: int) -> tuple[torch.Tensor, ...]:
@@ -102,6 +102,9 @@ def run_error_case(rank: int, world: int, case: str) -> Any:
     if case == "options":  # only rank 1 passes weights
         a, b = torch.randn(3, D, generator=g), torch.randn(3, D, generator=g)
         return InfoNCELoss(gather=True)(a, b, weights=torch.ones(3) if rank == 1 else None)
+    if case == "reduction":  # only rank 1 asks for DDP's mean reduction
+        a, b = torch.randn(3, D, generator=g), torch.randn(3, D, generator=g)
+        return InfoNCELoss(gather=True, grad_reduction="mean" if rank == 1 else "sum")(a, b)
     if case == "all-empty":
         return info_nce_gathered(torch.zeros(0, D), torch.zeros(0, D), torch.tensor(5.0))
     raise AssertionError(case)
@@ -221,6 +224,10 @@ SAME = {
                 r"positives None, weights None, direction 'both'; rank 1: positives None, weights "
                 r"a float tensor, direction 'both'; rank 2: positives None, weights None, "
                 r"direction 'both'\."),
+    "reduction": ("ValueError", r"InfoNCELoss: expected the same options on every rank, got rank "
+                  r"0: positives None, weights None, direction 'both'; rank 1: positives None, "
+                  r"weights None, direction 'both', grad_reduction 'mean'; rank 2: positives None, "
+                  r"weights None, direction 'both'\."),
     "all-empty": ("ValueError", r"info_nce_gathered: expected at least one row of `a` and `b` "
                   r"across the ranks, got B=0 on every rank\."),
 }
