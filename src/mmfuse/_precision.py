@@ -7,7 +7,8 @@ Under ``torch.autocast`` every module output is of one of three kinds:
   undoes the promotion back to float32 by a residual or a bias added in float32);
 - *data* (the perception transforms, :class:`~mmfuse.fusion.DataLevelFusion`, a
   :class:`~mmfuse.fusion.ConcatFusion` without projection): computed outside autocast, in the
-  input's dtype, as a data pipeline would (:func:`outside_autocast`);
+  input's dtype, as a data pipeline would (:func:`outside_autocast`; a learned projection inside
+  runs under autocast and is cast back);
 - a *loss or probability* (losses, KL terms, probabilities, log-probabilities): computed and
   returned in float32, or float64 for float64 inputs (:func:`precise_output`).
 

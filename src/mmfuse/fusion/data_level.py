@@ -190,12 +190,12 @@ class DataLevelFusion(nn.Module):
             f_times.device.type != "meta"
         ):
             self._check_time_values(f_times, s_times)
-        # data, not features: computed outside autocast, in the frames' dtype (conventions.md)
+        # data, not features: laid out outside autocast, in the frames' dtype (conventions.md)
         with outside_autocast(frames.device):
             aligned = align_to_times(spectrogram.to(frames.dtype), s_times, f_times, self.align)
-            if self.proj is not None:  # (B, T, F) -> (B, T, k); a no-op cast but under autocast
-                weight = self.proj.weight
-                aligned = self.proj(aligned.to(weight.dtype)).to(frames.dtype)
+        if self.proj is not None:  # (B, T, F) -> (B, T, k): a matmul, under autocast if it is on
+            aligned = self.proj(aligned).to(frames.dtype)
+        with outside_autocast(frames.device):
             mode = "resize" if self.audio == "resize" else "broadcast"
             grid = spectrogram_to_grid(aligned, height, width, mode)  # (B, T, k, H, W)
             fused = torch.cat([frames, grid], dim=2)  # (B, T, C + k, H, W)
