@@ -36,8 +36,14 @@ LOSS_CASES = [
     ("3-ranks-groups-tiled", [2, 4, 1], {"seed": 1, "groups": True, "chunk": 2, "eps": 0.1}),
     ("3-ranks-empty-middle", [3, 0, 2], {"seed": 2, "groups": False, "chunk": "auto", "eps": 0.0}),
     ("3-ranks-empty-groups", [2, 3, 0], {"seed": 4, "groups": True, "chunk": 2, "eps": 0.0}),
+    # grad_reduction="mean" (for DDP): every rank returns the global loss, its gradients are
+    # world_size x its share's, so their mean over ranks is the single-process gradient
+    ("2-ranks-mean", [3, 5], {"seed": 5, "groups": False, "chunk": "auto", "eps": 0.0,
+                              "reduction": "mean"}),
+    ("3-ranks-empty-groups-mean", [4, 0, 3], {"seed": 6, "groups": True, "chunk": 2, "eps": 0.1,
+                                              "reduction": "mean"}),
 ]
-ERROR_CASES = ["size", "dtype", "loss-size", "local", "options", "all-empty"]
+ERROR_CASES = ["size", "dtype", "loss-size", "local", "options", "reduction", "all-empty"]
 
 
 def global_batch(sizes: list[int], seed: int) -> tuple[torch.Tensor, ...]:
@@ -52,7 +58,8 @@ def global_batch(sizes: list[int], seed: int) -> tuple[torch.Tensor, ...]:
 
 def make_loss(config: dict[str, Any]) -> InfoNCELoss:
     return InfoNCELoss(temperature=0.2, gather=True, chunk_size=config["chunk"],
-                       label_smoothing=config["eps"])
+                       label_smoothing=config["eps"],
+                       grad_reduction=config.get("reduction", "sum"))
 
 
 def run_loss_case(rank: int, sizes: list[int], config: dict[str, Any]) -> dict[str, Any]:
@@ -95,6 +102,9 @@ def run_error_case(rank: int, world: int, case: str) -> Any:
     if case == "options":  # only rank 1 passes weights
         a, b = torch.randn(3, D, generator=g), torch.randn(3, D, generator=g)
         return InfoNCELoss(gather=True)(a, b, weights=torch.ones(3) if rank == 1 else None)
+    if case == "reduction":  # only rank 1 asks for DDP's mean reduction
+        a, b = torch.randn(3, D, generator=g), torch.randn(3, D, generator=g)
+        return InfoNCELoss(gather=True, grad_reduction="mean" if rank == 1 else "sum")(a, b)
     if case == "all-empty":
         return info_nce_gathered(torch.zeros(0, D), torch.zeros(0, D), torch.tensor(5.0))
     raise AssertionError(case)
@@ -168,6 +178,7 @@ def run_world(world: int) -> list[dict[str, Any]]:
 def test_gathered_loss_equals_single_process(name: str, sizes: list[int],
                                              config: dict[str, Any]) -> None:
     world = len(sizes)
+    mean = config.get("reduction") == "mean"
     results = [r[name] for r in run_world(world)]
     a, b, ids, w = global_batch(sizes, config["seed"])
     # single process on the concatenated batch
@@ -189,12 +200,23 @@ def test_gathered_loss_equals_single_process(name: str, sizes: list[int],
             assert torch.allclose(res["x_grad"], weights_sum * position[shard])
         else:
             assert res["x_grad"] is None  # its input did not require gradients
-            assert res["a_grad"].shape == (0, D) and res["loss"] == 0
-        assert torch.allclose(res["a_grad"], ga.grad[shard], atol=1e-6, rtol=1e-5)
-        assert torch.allclose(res["b_grad"], gb.grad[shard], atol=1e-6, rtol=1e-5)
-    total = sum(res["loss"] for res in results)
-    assert torch.allclose(total, loss.detach(), rtol=1e-5)
-    scale_grad = sum(res["scale_grad"] for res in results)
+            assert res["a_grad"].shape == (0, D)
+            if mean:
+                assert torch.allclose(res["loss"], loss.detach(), rtol=1e-5)
+            else:
+                assert res["loss"] == 0
+        # "mean": the gradients are world_size x the share's, averaged over ranks by DDP
+        factor = world if mean else 1
+        assert torch.allclose(res["a_grad"], factor * ga.grad[shard], atol=1e-6, rtol=1e-5)
+        assert torch.allclose(res["b_grad"], factor * gb.grad[shard], atol=1e-6, rtol=1e-5)
+        if mean:  # every rank returns the global loss
+            assert torch.allclose(res["loss"], loss.detach(), rtol=1e-5)
+    if mean:
+        scale_grad = sum(res["scale_grad"] for res in results) / world  # DDP's average
+    else:
+        total = sum(res["loss"] for res in results)
+        assert torch.allclose(total, loss.detach(), rtol=1e-5)
+        scale_grad = sum(res["scale_grad"] for res in results)
     assert torch.allclose(scale_grad, loss_fn.logit_scale.grad, rtol=1e-5, atol=1e-7)
 
 
@@ -212,6 +234,11 @@ SAME = {
                 r"positives None, weights None, direction 'both', negatives None; rank 1: positives None, weights "
                 r"a float tensor, direction 'both', negatives None; rank 2: positives None, weights None, "
                 r"direction 'both', negatives None\."),
+    "reduction": ("ValueError", r"InfoNCELoss: expected the same options on every rank, got rank "
+                  r"0: positives None, weights None, direction 'both', negatives None; rank 1: "
+                  r"positives None, weights None, direction 'both', negatives None, grad_reduction "
+                  r"'mean'; rank 2: positives None, weights None, direction 'both', negatives "
+                  r"None\."),
     "all-empty": ("ValueError", r"info_nce_gathered: expected at least one row of `a` and `b` "
                   r"across the ranks, got B=0 on every rank\."),
 }
@@ -271,3 +298,22 @@ def test_without_a_process_group_the_gathered_loss_is_info_nce() -> None:
     assert torch.allclose(info_nce_gathered(a, b, scale), info_nce(a, b, temperature=0.2))
     with pytest.raises(ValueError, match=r"at least one row \(B >= 1\)"):
         info_nce_gathered(torch.zeros(0, D), torch.zeros(0, D), scale)
+
+
+def test_grad_reduction_mean_needs_gather_and_a_known_choice() -> None:
+    with pytest.raises(ValueError, match=r"^InfoNCELoss: expected gather=True with "
+                                         r"grad_reduction='mean' .*got gather=False\.$"):
+        InfoNCELoss(grad_reduction="mean")
+    with pytest.raises(ValueError, match=r"InfoNCELoss: .*`grad_reduction`.*'sum', 'mean'"):
+        InfoNCELoss(gather=True, grad_reduction="avg")
+    with pytest.raises(ValueError, match=r"info_nce_gathered: .*`grad_reduction`"):
+        info_nce_gathered(torch.randn(3, D), torch.randn(3, D), torch.tensor(5.0),
+                          grad_reduction="avg")
+
+
+def test_without_a_process_group_grad_reduction_changes_nothing() -> None:
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, D, generator=g), torch.randn(5, D, generator=g)
+    mean = InfoNCELoss(gather=True, grad_reduction="mean")
+    assert "grad_reduction='mean'" in repr(mean)
+    assert torch.equal(mean(a, b), InfoNCELoss()(a, b))

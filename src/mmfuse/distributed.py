@@ -11,9 +11,12 @@ divided by the *global* number of anchors. So, over ranks:
   gradients of any parameter (the encoder's, the logit scale) sum over ranks to the
   single-process gradient.
 
-``DistributedDataParallel`` *averages* gradients over ranks; to train with the single-process
-gradient under DDP, multiply the loss by ``world_size`` (open_clip's local-loss convention
-differs by exactly this factor).
+``DistributedDataParallel`` (and FSDP) *average* gradients over ranks, which would divide the
+single-process gradient by the world size (open_clip's local-loss convention differs by exactly
+this factor). ``grad_reduction="mean"`` (``InfoNCELoss(gather=True, grad_reduction="mean")``)
+corrects for it: every rank returns the loss of the whole global batch (one extra all-reduce of
+a scalar), with a gradient ``world_size`` times its own share's, so that DDP's average is the
+single-process gradient on the concatenated batch, for uneven per-rank batches too.
 
 Before any data moves, the ranks exchange one small int64 header each (batch size, trailing
 shape, dtype, whether gradients are wanted, and whether the rank's own input checks passed).
@@ -66,6 +69,7 @@ __all__ = [
 _DTYPES = sorted({v for v in vars(torch).values() if isinstance(v, torch.dtype)}, key=str)
 _DIMS_IN_HEADER = 8  # trailing dims sent in the header; more take a second exchange
 _DIRECTIONS = ("both", "a2b", "b2a")
+_REDUCTIONS = ("sum", "mean")  # how the training loop reduces gradients over ranks
 
 
 def is_distributed(group: Any = None) -> bool:
@@ -244,12 +248,16 @@ def _gather(x: Tensor, *, group: Any, owner: object, arg: str, error: BaseExcept
 
 
 def _describe_options(extra: tuple[int, ...]) -> str:
-    positives, weights, direction, negatives = extra
+    positives, weights, direction, negatives, reduction = extra
     w = ("None", "a float tensor", "a bool tensor")[weights]
     d = _DIRECTIONS[direction] if 0 <= direction < len(_DIRECTIONS) else "invalid"
     neg = ("None", "(M, D)", "(B, M, D)")[negatives]
-    return (f"positives {'given' if positives else 'None'}, weights {w}, direction {d!r}, "
+    text = (f"positives {'given' if positives else 'None'}, weights {w}, direction {d!r}, "
             f"negatives {neg}")
+    if reduction:  # named only where it is not the default
+        r = _REDUCTIONS[reduction] if 0 <= reduction < len(_REDUCTIONS) else "invalid"
+        text += f", grad_reduction {r!r}"
+    return text
 
 
 def _weights_code(weights: object) -> int:
@@ -291,6 +299,7 @@ def info_nce_gathered(
     group: Any = None,
     negatives: Tensor | None = None,
     reduction: str = "anchor",
+    grad_reduction: str = "sum",
 ) -> Tensor:
     """This rank's share of the InfoNCE loss of the batch gathered from every rank.
 
@@ -311,6 +320,12 @@ def info_nce_gathered(
     (B_r, M, D) negatives stay with their queries; the shares sum to the single-process loss
     with the concatenated queries and negatives. ``reduction`` as in ``info_nce``.
 
+    ``grad_reduction="mean"`` is for a loop that *averages* gradients over ranks
+    (``DistributedDataParallel``, FSDP): every rank returns the loss of the whole global batch,
+    and the gradient of that value is ``world_size`` times the gradient of the rank's share,
+    so that the averaged gradient of every parameter is the single-process one. Every rank must
+    pass the same ``grad_reduction``.
+
     Shape:
         - a, b: (B_r, D) on rank r; positives, weights: (B_r,)
         - output: () scalar
@@ -320,6 +335,7 @@ def info_nce_gathered(
     inp: _Inputs | None = None
     try:
         check_choice(reduction, REDUCTIONS, owner=owner, arg="reduction")
+        check_choice(grad_reduction, _REDUCTIONS, owner=owner, arg="grad_reduction")
         inp = _check_inputs(a, b, positives, weights, direction, owner=owner,
                             allow_empty=distributed)
         if negatives is not None:
@@ -334,6 +350,7 @@ def info_nce_gathered(
             _weights_code(weights),
             _DIRECTIONS.index(direction) if direction in _DIRECTIONS else -1,
             0 if not isinstance(negatives, Tensor) else 1 if negatives.dim() == 2 else 2,
+            _REDUCTIONS.index(grad_reduction) if grad_reduction in _REDUCTIONS else -1,
         )
         a_all, sizes = _gather(a, group=group, owner=owner, arg="a", error=error, extra=options,
                                extra_text=_describe_options)
@@ -342,16 +359,43 @@ def info_nce_gathered(
     else:
         a_all, b_all, sizes, rank = a, b, [a.shape[0]], 0
     assert inp is not None  # an error was raised on every rank above
-    n, offset, total = sizes[rank], sum(sizes[:rank]), sum(sizes)
-    if total == 0:
+    if sum(sizes) == 0:
         raise ValueError(
             f"{owner_name(owner)}: expected at least one row of `a` and `b` across the ranks, "
             f"got B=0 on every rank."
         )
     if negatives is not None:
-        return _negatives_share(a, b, negatives, scale, inp, normalize=normalize,
+        loss = _negatives_share(a, b, negatives, scale, inp, normalize=normalize,
                                 label_smoothing=label_smoothing, chunk_size=chunk_size,
                                 owner=owner, group=group)
+    else:
+        loss = _pairs_share(a, b, a_all, b_all, scale, inp, positives, sizes, rank,
+                            normalize=normalize, label_smoothing=label_smoothing,
+                            direction=direction, chunk_size=chunk_size, reduction=reduction,
+                            owner=owner, group=group)
+    if distributed and grad_reduction == "mean":
+        loss = _as_global_loss(loss, group)
+    return loss.to(torch.promote_types(torch.promote_types(a.dtype, b.dtype), scale.dtype))
+
+
+def _as_global_loss(loss: Tensor, group: Any) -> Tensor:
+    """For loops that average gradients over ranks (DDP): the value is the global loss (the
+    shares' sum) and the gradient world_size x the share's, which the average turns into the
+    single-process gradient."""
+    world = dist.get_world_size(group)
+    total_loss = loss.detach().clone()
+    dist.all_reduce(total_loss, op=dist.ReduceOp.SUM, group=group)
+    scaled = loss * world
+    return scaled + (total_loss - scaled).detach()
+
+
+def _pairs_share(a: Tensor, b: Tensor, a_all: Tensor, b_all: Tensor, scale: Tensor,
+                 inp: _Inputs, positives: Tensor | None, sizes: list[int], rank: int, *,
+                 normalize: bool, label_smoothing: float, direction: str,
+                 chunk_size: int | str | None, reduction: str, owner: object,
+                 group: Any) -> Tensor:
+    """This rank's share of InfoNCE with pairs by row or by group id."""
+    n, offset, total = sizes[rank], sum(sizes[:rank]), sum(sizes)
     if positives is not None:
         groups_k = _gather(positives, group=group, owner=owner, arg="positives")[0]
         pairs = make_pairs(n, total, groups_q=positives, groups_k=groups_k)
@@ -370,8 +414,7 @@ def info_nce_gathered(
                            normalize=normalize, tile=tile)
         num, den = _weighted_mean(t.rows, t.row_positives, inp.weights, reduction)
         parts.append(_global_mean(num, den, group))
-    loss = parts[0] if len(parts) == 1 else (parts[0] + parts[1]) / 2
-    return loss.to(torch.promote_types(torch.promote_types(a.dtype, b.dtype), scale.dtype))
+    return parts[0] if len(parts) == 1 else (parts[0] + parts[1]) / 2
 
 
 def _global_mean(num: Tensor, den: Tensor, group: Any) -> Tensor:

@@ -66,6 +66,12 @@ class ContractCase:
         batch_independent: Rows computed alone equal rows computed together (eval mode).
         bad_inputs: Extra module-specific inputs to reject, from the valid kwargs of batch 3.
         bf16: Whether bfloat16 is supported.
+        precision: The kind of output under ``torch.autocast`` (docs/conventions.md, "Mixed
+            precision"): ``"feature"`` (in the autocast dtype), ``"data"`` (computed outside
+            autocast, in the inputs' dtype) or ``"float32"`` (losses and probabilities). None:
+            ``"float32"`` for a scalar output (a loss), else ``"feature"``.
+        float32_fields: Fields of a NamedTuple output that are losses, KL terms or
+            probabilities (float32 under autocast); the other fields follow ``precision``.
     """
 
     id: str
@@ -84,6 +90,14 @@ class ContractCase:
     batch_independent: bool = True
     bad_inputs: Callable[[dict[str, Any]], list[BadInput]] | None = None
     bf16: bool = True
+    precision: str | None = None
+    float32_fields: Sequence[str] = ()
+
+    def precision_kind(self) -> str:
+        """``precision``, or its default: ``"float32"`` for a scalar output, else ``"feature"``."""
+        if self.precision is not None:
+            return self.precision
+        return "float32" if tuple(self.out_shape(1)) == () else "feature"
 
 
 _REGISTRY: dict[str, ContractCase] = {}
@@ -95,6 +109,8 @@ def register(case: ContractCase) -> ContractCase:
         raise ValueError(f"contract case {case.id!r} registered twice")
     if case.empty_batch not in ("error", "empty"):
         raise ValueError(f"{case.id}: empty_batch must be 'error' or 'empty'")
+    if case.precision not in (None, "feature", "data", "float32"):
+        raise ValueError(f"{case.id}: precision must be None, 'feature', 'data' or 'float32'")
     _REGISTRY[case.id] = case
     return case
 

@@ -9,10 +9,14 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_inputs, check_positive, owner_name
+from .._precision import precise_output
 from ..functional.contrastive import REDUCTIONS, _info_nce, _siglip
 from ..functional.contrastive._checks import _tile_size
 
 __all__ = ["InfoNCELoss", "SigLIPLoss"]
+
+# how a training loop reduces gradients over ranks: summed, or averaged (DDP, FSDP)
+_GRAD_REDUCTIONS = ("sum", "mean")
 
 
 def _check_bounds(min_scale: float | None, max_scale: float | None, *, owner: object) -> None:
@@ -63,6 +67,15 @@ class InfoNCELoss(nn.Module):
     every parameter (see :func:`mmfuse.distributed.info_nce_gathered`). Without a process group,
     ``gather`` changes nothing.
 
+    ``DistributedDataParallel`` (and FSDP) *average* the gradients over ranks. For them, set
+    ``grad_reduction="mean"``: every rank then returns the loss of the whole global batch (the
+    same value on every rank) and its backward is scaled by the world size, so after DDP's
+    averaging every parameter holds the single-process gradient on the concatenated batch, with
+    no arithmetic in the training loop, uneven per-rank batches included (docs/scaling.md).
+    The default ``"sum"`` suits a loop that sums gradients over ranks itself.
+
+    Under ``torch.autocast`` the loss is computed and returned in float32.
+
     Args:
         temperature: Initial temperature (the scale starts at ``1 / temperature``).
         learnable: Whether the scale is an ``nn.Parameter`` (else a buffer).
@@ -75,6 +88,10 @@ class InfoNCELoss(nn.Module):
         gather: Gather across ``torch.distributed`` ranks when a process group is initialised.
         reduction: Several positives per anchor: ``"anchor"`` (mean over each anchor's
             positives, then over anchors) or ``"pair"`` (mean over all positive pairs).
+        grad_reduction: How the training loop reduces gradients over ranks with ``gather=True``:
+            ``"sum"`` (each rank returns its share of the loss; the shares and their gradients
+            sum to the single-process ones) or ``"mean"`` (DDP and FSDP: every rank returns the
+            global loss, and DDP's averaged gradient is the single-process gradient).
 
     A learnable scale needs at least one bound (``max_scale`` or ``min_scale``): unbounded,
     ``exp(logit_scale)`` can grow until the logits overflow; ``learnable=False`` needs none.
@@ -106,11 +123,18 @@ class InfoNCELoss(nn.Module):
         chunk_size: int | str | None = "auto",
         gather: bool = False,
         reduction: str = "anchor",
+        grad_reduction: str = "sum",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         check_positive(temperature, owner=self, arg="temperature")
+        check_choice(grad_reduction, _GRAD_REDUCTIONS, owner=self, arg="grad_reduction")
+        if grad_reduction == "mean" and not gather:
+            raise ValueError(
+                "InfoNCELoss: expected gather=True with grad_reduction='mean' (without gathering, "
+                "each rank's loss is already its own batch's mean), got gather=False."
+            )
         _check_bounds(min_scale, max_scale, owner=self)
         _check_learnable_bounds(learnable, min_scale, max_scale, owner=self)
         check_choice(direction, ("both", "a2b", "b2a"), owner=self, arg="direction")
@@ -129,6 +153,7 @@ class InfoNCELoss(nn.Module):
         self.chunk_size = chunk_size
         self.gather = bool(gather)
         self.reduction = reduction
+        self.grad_reduction = grad_reduction
         init = torch.empty((), device=device, dtype=dtype)
         if self.learnable:
             self.logit_scale = nn.Parameter(init)
@@ -160,8 +185,9 @@ class InfoNCELoss(nn.Module):
             from .. import distributed
 
             if distributed.is_distributed():
-                return distributed.info_nce_gathered(a, b, self.scale, **kw)
-        return _info_nce(a, b, self.scale, **kw)
+                return precise_output(distributed.info_nce_gathered(
+                    a, b, self.scale, grad_reduction=self.grad_reduction, **kw))
+        return precise_output(_info_nce(a, b, self.scale, **kw))  # float32 under autocast
 
     def extra_repr(self) -> str:
         return (
@@ -170,6 +196,7 @@ class InfoNCELoss(nn.Module):
             f"normalize={self.normalize}, direction={self.direction!r}, "
             f"chunk_size={self.chunk_size!r}, gather={self.gather}, "
             f"reduction={self.reduction!r}"
+            + (f", grad_reduction={self.grad_reduction!r}" if self.gather else "")
         )
 
 
@@ -247,9 +274,10 @@ class SigLIPLoss(nn.Module):
                 weights: Tensor | None = None) -> Tensor:
         check_inputs(self, {"a": a, "b": b, "positives": positives, "weights": weights},
                      dtype=False)
-        return _siglip(a, b, self.scale, self.logit_bias, normalize=self.normalize,
+        loss = _siglip(a, b, self.scale, self.logit_bias, normalize=self.normalize,
                        positives=positives, weights=weights, chunk_size=self.chunk_size,
                        owner=self)
+        return precise_output(loss)  # float32 under autocast
 
     def extra_repr(self) -> str:
         return (

@@ -18,6 +18,7 @@ from .._checks import (
     check_tensor,
     owner_name,
 )
+from .._precision import feature_output
 from ..functional import graph_attention
 from .attention import AttentionOutput, _check_maybe_batched
 
@@ -193,10 +194,12 @@ class ModalityGraphAttention(nn.Module):
             x = x + layer.out_proj(F.elu(agg.transpose(1, 2).flatten(2)))  # (B, K, D)
         if mask is not None:
             x = torch.where(mask[..., None], x, x.new_zeros(()))
+        # the residual adds the float32 input back: features follow autocast
+        x = feature_output(x)
         out = x if batched else x[0]
         if not return_attention:
             return out
-        maps = cast(Tensor, maps)  # set by the last layer, need_weights was True
+        maps = feature_output(cast(Tensor, maps))  # set by the last layer (need_weights)
         return AttentionOutput(out, maps if batched else maps[0])
 
     def extra_repr(self) -> str:

@@ -40,6 +40,9 @@ class _Degraded(NamedTuple):
     image_noise: float  # pixel noise std, pixels in [0, 1]
 
 
+#: --autocast: the dtype autocast computes in (None: float32 throughout)
+AUTOCAST = {"off": None, "bf16": "bfloat16", "fp16": "float16"}
+
 DEGRADED = _Degraded(audio_snr=-9.0, image_noise=0.45)  # chosen with --validation (results page)
 DESCRIPTION = """\
 Audio-visual digits: scikit-learn's handwritten digit images paired by label with spoken
@@ -125,6 +128,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"small run for tests: {QUICK.limit_per_class} training pairs per "
                              f"digit, {QUICK.epochs} epochs")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--autocast", choices=("off", "bf16", "fp16"), default="off",
+                        help="train and evaluate under torch.autocast in bfloat16 or float16 "
+                             "(fp16 with a gradient scaler); default off (float32)")
     group = parser.add_argument_group("splits and repeats")
     group.add_argument("--test-audio-dir", type=Path, default=None, metavar="DIR",
                        help="FSDD recordings that are all test data; training uses the "
@@ -296,14 +302,18 @@ def _train_one(args: argparse.Namespace, data: AVDigits, device: torch.device, s
     if data.test_speakers and (fold is not None or args.test_audio_dir is not None):
         pairs += (f"; train speakers {', '.join(data.train_speakers)}, test speakers "
                   f"{', '.join(data.test_speakers)}")
-    print(f"{pairs}; {epochs} epochs, batch {args.batch_size}, seed {seed}, device {device}, "
-          f"{torch.get_num_threads()} CPU thread(s)", flush=True)
+    precision = "" if args.autocast == "off" else f", {args.autocast} autocast"
+    print(f"{pairs}; {epochs} epochs, batch {args.batch_size}, seed {seed}, device {device}"
+          f"{precision}, {torch.get_num_threads()} CPU thread(s)", flush=True)
 
+    amp = AUTOCAST[args.autocast]
     torch.manual_seed(seed)
     model = build_model(n_mels, device)
     losses = fit(model, train, times, epochs=epochs, batch_size=args.batch_size, seed=seed,
-                 device=device, progress=not args.no_progress, drop_p=args.modality_dropout)
-    return _Run(seed, fold, data, losses, evaluate(model, test, times, device), epochs)
+                 device=device, progress=not args.no_progress, drop_p=args.modality_dropout,
+                 autocast=amp)
+    return _Run(seed, fold, data, losses, evaluate(model, test, times, device, autocast=amp),
+                epochs)
 
 
 def _brief(res: dict[str, Any]) -> str:
@@ -352,7 +362,7 @@ def _report(args: argparse.Namespace, runs: list[_Run], folds: list[str | None],
     settings = {
         "audio": "synthetic" if data.synthetic else data.source, "synthetic": data.synthetic,
         "seed": args.seed, "epochs": first.epochs, "batch_size": args.batch_size,
-        "quick": args.quick, "device": str(device),
+        "quick": args.quick, "device": str(device), "autocast": args.autocast,
         "train_pairs": round(statistics.fmean(len(r.data.train.labels) for r in runs)),
         "test_pairs": round(statistics.fmean(len(r.data.test.labels) for r in runs)),
         "train_loss": losses, "seconds": round(seconds, 1),

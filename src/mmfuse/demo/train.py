@@ -23,11 +23,25 @@ __all__ = ["evaluate", "fit"]
 DROP_P = 0.3  # ModalityDropout probability while training the fusions
 
 
+def _autocast(device: torch.device, dtype: str | None) -> Any:
+    """``torch.autocast`` on ``device`` in ``dtype`` ("bfloat16", "float16"), or a no-op."""
+    import contextlib
+
+    import torch
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))
+
+
 def fit(model: nn.ModuleDict, data: AVSplit, times: tuple[Tensor, Tensor], *, epochs: int,
         batch_size: int, seed: int, device: torch.device, progress: bool,
-        drop_p: float = DROP_P) -> list[float]:
+        drop_p: float = DROP_P, autocast: str | None = None) -> list[float]:
     """Train ``model`` on ``data``; return the mean training loss of each epoch. The fusions
-    see each modality dropped with probability ``drop_p`` (at least one kept per sample)."""
+    see each modality dropped with probability ``drop_p`` (at least one kept per sample).
+
+    ``autocast`` ("bfloat16" or "float16") runs the forward under ``torch.autocast`` (the
+    parameters and the optimiser stay in float32; float16 adds a gradient scaler)."""
     import torch
     import torch.nn.functional as F
 
@@ -42,6 +56,7 @@ def fit(model: nn.ModuleDict, data: AVSplit, times: tuple[Tensor, Tensor], *, ep
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3,
                                                 total_steps=epochs * steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast == "float16")
     model.train()
     losses = []
     with tqdm(total=epochs * steps_per_epoch, desc="training", unit="step", disable=not progress,
@@ -53,16 +68,23 @@ def fit(model: nn.ModuleDict, data: AVSplit, times: tuple[Tensor, Tensor], *, ep
                 idx = order[i : i + batch_size]
                 batch = type(data)(*(t[idx] for t in data))
                 present = drop({m: torch.empty(len(idx), 0, device=device) for m in NAMES})
-                out = forward(model, batch, times, present)
+                with _autocast(device, autocast):
+                    out = forward(model, batch, times, present)
                 y = batch.labels
-                loss = (F.cross_entropy(out["image only"], y) + F.cross_entropy(out["audio only"], y)
-                        + F.cross_entropy(out["data level"], y)
-                        + F.cross_entropy(out["feature level"], y)
-                        + F.nll_loss(out["decision level"], y)
-                        + model["infonce"](out["embed image"], out["embed audio"], positives=y))
+                # losses in float32 (the policy of docs/conventions.md; the logits may be in the
+                # autocast dtype, the decision level's log-probabilities and InfoNCE are float32)
+                loss = (F.cross_entropy(out["image only"].float(), y)
+                        + F.cross_entropy(out["audio only"].float(), y)
+                        + F.cross_entropy(out["data level"].float(), y)
+                        + F.cross_entropy(out["feature level"].float(), y)
+                        + F.nll_loss(out["decision level"].float(), y))
+                with _autocast(device, autocast):
+                    loss = loss + model["infonce"](out["embed image"], out["embed audio"],
+                                                   positives=y)
                 opt.zero_grad()
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 sched.step()
                 total += float(loss.detach()) * len(idx)
                 bar.update(1)
@@ -72,8 +94,9 @@ def fit(model: nn.ModuleDict, data: AVSplit, times: tuple[Tensor, Tensor], *, ep
 
 
 def evaluate(model: nn.ModuleDict, data: AVSplit, times: tuple[Tensor, Tensor],
-             device: torch.device) -> dict[str, Any]:
-    """Accuracies (both present, each absent), retrieval both ways, attention, similarities."""
+             device: torch.device, *, autocast: str | None = None) -> dict[str, Any]:
+    """Accuracies (both present, each absent), retrieval both ways, attention, similarities;
+    the forward under ``torch.autocast`` in ``autocast`` ("bfloat16", "float16") if given."""
     import torch
 
     from ..metrics import accuracy, retrieval_metrics
@@ -88,7 +111,9 @@ def evaluate(model: nn.ModuleDict, data: AVSplit, times: tuple[Tensor, Tensor],
                 batch = type(data)(*(t[i : i + 512] for t in data))
                 present = None if absent is None else {
                     absent: torch.zeros(len(batch.labels), dtype=torch.bool, device=device)}
-                for key, value in forward(model, batch, times, present).items():
+                with _autocast(device, autocast):
+                    result = forward(model, batch, times, present)
+                for key, value in result.items():
                     parts.setdefault(key, []).append(value.float().cpu())
             outs[cond] = {key: torch.cat(v) for key, v in parts.items()}
     labels = data.labels.cpu()

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_inputs, check_same_device, check_size, check_tensor
+from .._precision import outside_autocast
 from ..errors import ShapeError
 from ..functional.fusion.data_level import (
     ALIGN_MODES,
@@ -189,12 +190,15 @@ class DataLevelFusion(nn.Module):
             f_times.device.type != "meta"
         ):
             self._check_time_values(f_times, s_times)
-        aligned = align_to_times(spectrogram.to(frames.dtype), s_times, f_times, self.align)
-        if self.proj is not None:  # (B, T, F) -> (B, T, k)
-            aligned = self.proj(aligned)
-        mode = "resize" if self.audio == "resize" else "broadcast"
-        grid = spectrogram_to_grid(aligned, height, width, mode)  # (B, T, k, H, W)
-        fused = torch.cat([frames, grid], dim=2)  # (B, T, C + k, H, W)
+        # data, not features: laid out outside autocast, in the frames' dtype (conventions.md)
+        with outside_autocast(frames.device):
+            aligned = align_to_times(spectrogram.to(frames.dtype), s_times, f_times, self.align)
+        if self.proj is not None:  # (B, T, F) -> (B, T, k): a matmul, under autocast if it is on
+            aligned = self.proj(aligned).to(frames.dtype)
+        with outside_autocast(frames.device):
+            mode = "resize" if self.audio == "resize" else "broadcast"
+            grid = spectrogram_to_grid(aligned, height, width, mode)  # (B, T, k, H, W)
+            fused = torch.cat([frames, grid], dim=2)  # (B, T, C + k, H, W)
         return einops.rearrange(fused, f"b t c h w -> {self.layout}")
 
     def extra_repr(self) -> str:

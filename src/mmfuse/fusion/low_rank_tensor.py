@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_size
+from .._precision import feature_output
 from ..errors import ModalityError
 from ..functional.fusion.feature import _low_rank_combine
 from ._common import check_config, observe_zero_filled
@@ -100,7 +101,8 @@ class LowRankTensorFusion(nn.Module):
             self.factors[m](z).unflatten(-1, (self.rank, self.out_dim))  # (B, R, D)
             for m, z in zip(self.dims, zs)
         ]
-        return _low_rank_combine(projections, self.weights, self.bias)
+        # under autocast the float32 bias would promote the sum back: features follow autocast
+        return feature_output(_low_rank_combine(projections, self.weights, self.bias))
 
     def factor(self, name: str) -> Tensor:
         """Modality ``name``'s factor ``W_m`` as one (R, D_m + 1, D) tensor (row 0 multiplies

@@ -22,6 +22,7 @@ from .._checks import (
     format_shape,
     owner_name,
 )
+from .._precision import outside_autocast
 from ..errors import ShapeError
 from ..functional import dct_matrix, log_mel_spectrogram, mel_filterbank
 from ..functional.audio.spectral import PAD_MODES, SCALES, _check_db_options
@@ -135,11 +136,12 @@ class LogMelSpectrogram(nn.Module):
         if waveform.shape[:-1].numel() == 0:  # an empty batch: torch.stft rejects it
             return waveform.new_zeros(*waveform.shape[:-1], self.n_mels,
                                       self.num_frames(waveform.shape[-1]))
-        return log_mel_spectrogram(waveform, self.sample_rate, n_fft=self.n_fft,
-                                   hop_length=self.hop_length, eps=self.eps,
-                                   filterbank=self.filterbank, center=self.center,
-                                   pad_mode=self.pad_mode, scale=self.scale, ref=self.ref,
-                                   amin=self.amin, top_db=self.top_db)
+        with outside_autocast(waveform.device):  # signal processing: in the input's dtype
+            return log_mel_spectrogram(waveform, self.sample_rate, n_fft=self.n_fft,
+                                       hop_length=self.hop_length, eps=self.eps,
+                                       filterbank=self.filterbank, center=self.center,
+                                       pad_mode=self.pad_mode, scale=self.scale, ref=self.ref,
+                                       amin=self.amin, top_db=self.top_db)
 
     def num_frames(self, num_samples: int) -> int:
         """Frames of a waveform of ``num_samples`` samples."""
@@ -229,7 +231,8 @@ class MFCC(LogMelSpectrogram):
 
     def forward(self, waveform: Tensor) -> Tensor:
         logmel = super().forward(waveform)  # (..., n_mels, frames)
-        out = torch.matmul(logmel.transpose(-1, -2), self.dct.to(logmel.dtype))  # (..., frames, n_mfcc)
+        with outside_autocast(waveform.device):  # signal processing: in the input's dtype
+            out = torch.matmul(logmel.transpose(-1, -2), self.dct.to(logmel.dtype))  # (..., frames, n_mfcc)
         return out.transpose(-1, -2)
 
     def extra_repr(self) -> str:
@@ -305,8 +308,9 @@ class Resample(nn.Module):
 
     def forward(self, waveform: Tensor) -> Tensor:
         _check_waveform(waveform, self)
-        return resample(waveform, self.orig_freq, self.new_freq,
-                        lowpass_filter_width=self.lowpass_filter_width, rolloff=self.rolloff)
+        with outside_autocast(waveform.device):  # signal processing: in the input's dtype
+            return resample(waveform, self.orig_freq, self.new_freq,
+                            lowpass_filter_width=self.lowpass_filter_width, rolloff=self.rolloff)
 
     def extra_repr(self) -> str:
         return f"orig_freq={self.orig_freq}, new_freq={self.new_freq}"

@@ -99,6 +99,7 @@ register(ContractCase(
     out_shape=lambda b: (b, 5),
     tensor_args=["cond"],
     empty_batch="empty",
+    float32_fields=("kl",),
     bad_inputs=lambda kw: [
         BadInput("noise wrong size", {**kw, "noise": torch.zeros(3, 4)}, ShapeError, "noise"),
     ],

@@ -28,6 +28,7 @@ register(ContractCase(
     features_arg="features",
     presence_arg="present",
     empty_batch="empty",
+    precision="data",  # a concatenation: no matmul, the inputs' dtype under autocast
 ))
 register(ContractCase(
     id="ConcatFusion-proj",

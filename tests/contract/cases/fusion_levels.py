@@ -52,6 +52,7 @@ for _name, _kw in _DECISION.items():
         feature_layout="B C",
         presence_arg="present",
         empty_batch="empty",
+        precision="float32",  # probabilities
     ))
 
 
@@ -117,4 +118,5 @@ for _name, (_kw, _c, _layout) in _DATA.items():
         tensor_args=["spectrogram"],
         bad_inputs=data_level_bad_inputs,
         empty_batch="empty",
+        precision="data",
     ))

@@ -43,6 +43,7 @@ register(ContractCase(
     inputs=waveform,
     out_shape=lambda b: (b, 16, 1 + S // 64),
     empty_batch="empty",
+    precision="data",  # signal processing, outside autocast
     bad_inputs=bad_waveform,
 ))
 register(ContractCase(
@@ -51,6 +52,7 @@ register(ContractCase(
     inputs=waveform,
     out_shape=lambda b: (b, 8, 1 + S // 64),
     empty_batch="empty",
+    precision="data",  # signal processing, outside autocast
     bad_inputs=bad_waveform,
 ))
 register(ContractCase(  # librosa's conventions: decibels, slaney filters, zero padding
@@ -78,6 +80,7 @@ register(ContractCase(
     inputs=waveform,
     out_shape=lambda b: (b, S * 3 // 4),
     empty_batch="empty",
+    precision="data",  # signal processing, outside autocast
     bad_inputs=bad_waveform,
 ))
 register(ContractCase(
@@ -86,6 +89,7 @@ register(ContractCase(
     inputs=frames,
     out_shape=lambda b: (b, 3, 6, 8),
     empty_batch="empty",
+    precision="data",  # signal processing, outside autocast
     bad_inputs=bad_frames,
 ))
 register(ContractCase(
@@ -94,5 +98,6 @@ register(ContractCase(
     inputs=frames,
     out_shape=lambda b: (b, 3, 12, 16),
     empty_batch="empty",
+    precision="data",  # signal processing, outside autocast
     bad_inputs=bad_frames,
 ))

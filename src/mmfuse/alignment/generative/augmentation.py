@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..._checks import check_inputs, check_size, check_tensor
+from ..._precision import feature_output, precise_output
 from ...functional import gaussian_kl, reparameterize
 
 __all__ = ["AugmentedCondition", "ConditioningAugmentation"]
@@ -82,7 +83,8 @@ class ConditioningAugmentation(nn.Module):
         if noise is None and self.training:
             noise = torch.randn_like(mean)
         sample = mean if noise is None else reparameterize(mean, logvar, noise)
-        return AugmentedCondition(sample, mean, logvar, gaussian_kl(mean, logvar))
+        kl = precise_output(gaussian_kl(mean, logvar))  # a KL term: float32 under autocast
+        return AugmentedCondition(feature_output(sample), mean, logvar, kl)
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, out_dim={self.out_dim}"

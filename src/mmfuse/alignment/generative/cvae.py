@@ -16,6 +16,7 @@ from ..._checks import (
     check_size,
     check_tensor,
 )
+from ..._precision import feature_output
 from ...functional import gaussian_kl, reparameterize
 from ._common import check_loss_batch, check_target, draw_normal
 from ._common import target_shape as _target_shape
@@ -185,7 +186,8 @@ class CVAEHead(nn.Module):
         if noise is None and self.training:
             noise = torch.randn_like(mean)
         z = mean if noise is None else reparameterize(mean, logvar, noise)
-        return CVAEOutput(self.decode(z, cond), mean, logvar, pmean, plogvar, z)
+        out = (self.decode(z, cond), mean, logvar, pmean, plogvar, z)
+        return CVAEOutput(*(feature_output(t) for t in out))  # features follow autocast
 
     def loss(self, x: Tensor, cond: Tensor, *, beta: float = 1.0, noise: Tensor | None = None,
              generator: torch.Generator | None = None) -> CVAELoss:

@@ -20,6 +20,7 @@ from ..._checks import (
     check_tensor,
     owner_name,
 )
+from ..._precision import feature_output
 from ...functional import (
     alphas_cumprod,
     beta_schedule,
@@ -210,7 +211,7 @@ class DiffusionHead(nn.Module):
         check_inputs(self, {"x": x, "t": t, "cond": cond, "drop": drop})
         if drop is not None:
             cond = torch.where(drop[:, None], self.null_cond.to(cond.dtype), cond)
-        return self._denoise(x, t, cond)
+        return feature_output(self._denoise(x, t, cond))  # features follow autocast
 
     def _denoise(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         temb = timestep_embedding(t, self.hidden_dim).to(x.dtype)  # (B, H)

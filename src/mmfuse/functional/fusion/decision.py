@@ -5,7 +5,8 @@ observed modalities (True = observed) and, where the rule uses them, non-negativ
 weights (M,) or (B, M). Absent modalities drop out and the weights of the others renormalise; a
 row with no modality observed gets the uniform distribution 1/C. Values in absent slots are
 never read (not even NaN or inf there). The math runs in float32 or wider and the result comes
-back in the input's dtype.
+back in the input's dtype; under ``torch.autocast`` :func:`decision_fusion` returns float32
+(probabilities stay in float32, see docs/conventions.md).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..._checks import check_choice, check_same_device, check_tensor
+from ..._precision import autocast_dtype
 
 __all__ = [
     "DECISION_STRATEGIES",
@@ -214,6 +216,7 @@ def decision_fusion(
 
     Returns:
         (B, C) probabilities that sum to 1 per row; uniform for a row with nothing observed.
+        In the input's dtype, or float32 (float64 kept) under ``torch.autocast``.
     """
     check_choice(strategy, DECISION_STRATEGIES, owner="decision_fusion", arg="strategy")
     check_choice(inputs, ("probs", "logits"), owner="decision_fusion", arg="inputs")
@@ -242,4 +245,6 @@ def decision_fusion(
         out = _hard_vote(probs, observed, weights)
     else:
         out = _max_fusion(probs, observed)
+    if autocast_dtype(predictions.device) is not None:  # probabilities: float32 under autocast
+        return out
     return out.to(predictions.dtype)
