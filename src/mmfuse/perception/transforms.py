@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -92,12 +92,15 @@ class LogMelSpectrogram(nn.Module):
     def forward(self, waveform: Tensor) -> Tensor:
         _check_waveform(waveform, self)
         check_inputs(self, {"waveform": waveform}, dtype=False)  # filterbank cast to its dtype
-        if waveform.shape[:-1].numel() == 0:  # an empty batch: torch.stft rejects it
+        if any(s == 0 for s in waveform.shape[:-1]):  # an empty batch: torch.stft rejects it
             frames = 1 + waveform.shape[-1] // self.hop_length
             return waveform.new_zeros(*waveform.shape[:-1], self.n_mels, frames)
         return log_mel_spectrogram(waveform, self.sample_rate, n_fft=self.n_fft,
                                    hop_length=self.hop_length, eps=self.eps,
                                    filterbank=self.filterbank)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def frame_times(self, start: float | Tensor, num_frames: int) -> Tensor:
         """Clock time of each frame's centre for a waveform whose first sample is at ``start``.
@@ -170,6 +173,9 @@ class MFCC(LogMelSpectrogram):
         out = torch.matmul(logmel.transpose(-1, -2), self.dct.to(logmel.dtype))  # (..., frames, n_mfcc)
         return out.transpose(-1, -2)
 
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
+
     def extra_repr(self) -> str:
         return f"n_mfcc={self.n_mfcc}, " + super().extra_repr()
 
@@ -207,7 +213,7 @@ def resample(waveform: Tensor, orig_freq: int, new_freq: int, *,
                                  waveform.device)
     lead, length = waveform.shape[:-1], waveform.shape[-1]
     target = math.ceil(new * length / orig)
-    if lead.numel() == 0:  # an empty batch: conv1d rejects it
+    if any(s == 0 for s in lead):  # an empty batch: conv1d rejects it
         return waveform.new_zeros(*lead, target)
     x = waveform.reshape(-1, 1, length)  # (N, 1, S)
     x = F.pad(x, (width, width + orig))
@@ -245,6 +251,9 @@ class Resample(nn.Module):
         _check_waveform(waveform, self)
         return resample(waveform, self.orig_freq, self.new_freq,
                         lowpass_filter_width=self.lowpass_filter_width, rolloff=self.rolloff)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return f"orig_freq={self.orig_freq}, new_freq={self.new_freq}"
@@ -329,10 +338,11 @@ class ResizeFrames(nn.Module):
     def forward(self, frames: Tensor) -> Tensor:
         x = _frames_float(frames, self)
         lead = x.shape[:-3]
-        if lead.numel() == 0 or x.shape[-3] == 0:  # nothing to resize: interpolate rejects it
+        # Nothing to resize: interpolate rejects it. (Size.numel() would fix a symbolic batch.)
+        if any(s == 0 for s in x.shape[:-2]):
             return x.new_zeros(*x.shape[:-2], *self.size).to(
                 torch.uint8 if frames.dtype == torch.uint8 else x.dtype)
-        flat = x.reshape(lead.numel(), *x.shape[-3:])  # (N, C, H, W)
+        flat = x.reshape(-1, *x.shape[-3:])  # (N, C, H, W)
         work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
         out = F.interpolate(work, size=self.size, mode="bilinear", align_corners=False,
                             antialias=self.antialias)
@@ -340,6 +350,9 @@ class ResizeFrames(nn.Module):
         if frames.dtype == torch.uint8:
             return out.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
         return out.to(frames.dtype)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return f"size={self.size}, antialias={self.antialias}"
@@ -385,6 +398,9 @@ class NormalizeFrames(nn.Module):
         mean = self.mean.to(x.device, x.dtype)[:, None, None]  # (C, 1, 1)
         std = self.std.to(x.device, x.dtype)[:, None, None]
         return (x - mean) / std
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.tolist()}, std={self.std.tolist()}"

@@ -141,7 +141,9 @@ def spectrogram(
     if win > n_fft:
         raise ValueError(f"{owner}: expected `win_length` <= n_fft={n_fft}, got {win}.")
     lead = waveform.shape[:-1]
-    if lead.numel() == 0:  # an empty batch: torch.stft rejects it; the result is simply empty
+    # An empty batch: torch.stft rejects it; the result is simply empty. (Tested size by size,
+    # not with Size.numel(), which would fix a symbolic batch size to its traced value.)
+    if any(s == 0 for s in lead):
         frames = 1 + waveform.shape[-1] // hop if center else 1 + (waveform.shape[-1] - n_fft) // hop
         return waveform.new_zeros(*lead, n_fft // 2 + 1, max(frames, 0))
     x = waveform.reshape(-1, waveform.shape[-1])  # (N, S)
