@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -140,6 +140,9 @@ class InfoNCELoss(nn.Module):
                 return distributed.info_nce_gathered(a, b, self.scale, **kw)
         return _info_nce(a, b, self.scale, **kw)
 
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
+
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, learnable={self.learnable}, "
@@ -226,6 +229,9 @@ class SigLIPLoss(nn.Module):
         return _siglip(a, b, self.scale, self.logit_bias, normalize=self.normalize,
                        positives=positives, weights=weights, chunk_size=self.chunk_size,
                        owner=self)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import torch
 import torch.nn.functional as F
@@ -148,6 +148,12 @@ class ModalityGraphAttention(nn.Module):
                 ) -> AttentionOutput:
         ...
 
+    @overload
+    def forward(self, nodes: Tensor, *, node_mask: Tensor | None = ...,
+                adjacency: Tensor | None = ..., return_attention: bool
+                ) -> Tensor | AttentionOutput:
+        ...
+
     def forward(
         self,
         nodes: Tensor,
@@ -198,6 +204,9 @@ class ModalityGraphAttention(nn.Module):
             return out
         maps = cast(Tensor, maps)  # set by the last layer, need_weights was True
         return AttentionOutput(out, maps if batched else maps[0])
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return (

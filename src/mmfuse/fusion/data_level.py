@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import einops
 import torch
@@ -196,6 +196,9 @@ class DataLevelFusion(nn.Module):
         grid = spectrogram_to_grid(aligned, height, width, mode)  # (B, T, k, H, W)
         fused = torch.cat([frames, grid], dim=2)  # (B, T, C + k, H, W)
         return einops.rearrange(fused, f"b t c h w -> {self.layout}")
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         extra = f", audio_channels={self.audio_channels}" if self.audio == "project" else ""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -80,6 +80,9 @@ class LowRankTensorFusion(nn.Module):
         _, zs = observe_zero_filled(self, self.dims, features, present)
         factors = [self.factors[m] for m in self.dims]
         return _low_rank_tensor_fusion(zs, factors, self.weights, self.bias)  # checked above
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return f"dims={self.dims}, out_dim={self.out_dim}, rank={self.rank}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -83,6 +83,9 @@ class ConditioningAugmentation(nn.Module):
             noise = torch.randn_like(mean)
         sample = mean if noise is None else reparameterize(mean, logvar, noise)
         return AugmentedCondition(sample, mean, logvar, gaussian_kl(mean, logvar))
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, out_dim={self.out_dim}"

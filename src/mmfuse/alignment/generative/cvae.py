@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -186,6 +186,9 @@ class CVAEHead(nn.Module):
             noise = torch.randn_like(mean)
         z = mean if noise is None else reparameterize(mean, logvar, noise)
         return CVAEOutput(self.decode(z, cond), mean, logvar, pmean, plogvar, z)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def loss(self, x: Tensor, cond: Tensor, *, beta: float = 1.0, noise: Tensor | None = None,
              generator: torch.Generator | None = None) -> CVAELoss:
