@@ -12,6 +12,7 @@ from .._checks import check_choice, check_inputs, check_same_device, check_size,
 from ..errors import ShapeError
 from ..functional.fusion.data_level import (
     ALIGN_MODES,
+    _to_grid,
     align_to_times,
     spectrogram_to_grid,
     time_order_violations,
@@ -193,7 +194,10 @@ class DataLevelFusion(nn.Module):
         if self.proj is not None:  # (B, T, F) -> (B, T, k)
             aligned = self.proj(aligned)
         mode = "resize" if self.audio == "resize" else "broadcast"
-        grid = spectrogram_to_grid(aligned, height, width, mode)  # (B, T, k, H, W)
+        if height == 0 or width == 0:
+            spectrogram_to_grid(aligned, height, width, mode)  # raises: an empty image grid
+        # unchecked form: the sizes may be traced tensors (TorchScript-based ONNX export)
+        grid = _to_grid(aligned, height, width, mode)  # (B, T, k, H, W)
         fused = torch.cat([frames, grid], dim=2)  # (B, T, C + k, H, W)
         return einops.rearrange(fused, f"b t c h w -> {self.layout}")
 
