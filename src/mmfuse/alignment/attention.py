@@ -223,7 +223,8 @@ class _VideoTextAttention(nn.Module):
             self.pos.reset_parameters()
 
     def _heads(self, x: Tensor) -> Tensor:  # (B, ..., D) -> (B, h, ..., d)
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).movedim(-2, 1)
+        x = x.unflatten(-1, (self.num_heads, self.head_dim))  # (B, ..., h, d)
+        return x.movedim(x.dim() - 2, 1)  # a positive index: the ONNX exporters need one
 
     def _dropout_p(self, device: torch.device, *, fused: bool) -> float:
         """The attention dropout to apply; warns once (eager only) where, on the CPU, dropout
