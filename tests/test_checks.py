@@ -298,3 +298,25 @@ def test_check_size_refuses_bools_floats_and_infinity() -> None:
                        r"got inf\.$"):
         check_positive(float("inf"), owner="F", arg="t")
     check_positive(float("inf"), owner="F", arg="t", finite=False)
+
+
+def test_check_broadcast_together_is_symint_safe() -> None:
+    """A dynamic batch stays symbolic (sizes compared, never hashed); mismatches still raise."""
+    from mmfuse._checks import check_broadcast_together
+
+    class Draw(torch.nn.Module):
+        def forward(self, mean: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+            check_broadcast_together({"mean": mean, "logvar": mean[:, :1], "noise": noise},
+                                     owner="Draw")
+            return mean + noise
+
+    batch = torch.export.Dim("batch", min=1, max=64)
+    x = torch.randn(4, 3)
+    program = torch.export.export(Draw(), (x, x), dynamic_shapes=({0: batch}, {0: batch}))
+    y = torch.randn(7, 3)
+    torch.testing.assert_close(program.module()(y, y), y + y)
+    with pytest.raises(ShapeError, match=r"^Draw: expected `mean`, `logvar`, `noise` to broadcast "
+                       r"together, got \(4, 3\), \(4, 1\), \(4, 2\)\.$"):
+        Draw()(x, torch.randn(4, 2))
+    compiled = torch.compile(Draw(), backend="eager", fullgraph=True, dynamic=True)
+    torch.testing.assert_close(compiled(y, y), y + y)

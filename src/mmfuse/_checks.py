@@ -577,13 +577,22 @@ def check_interval(
 
 
 def check_broadcast_together(tensors: Mapping[str, Tensor], *, owner: object) -> None:
-    """The tensors broadcast against each other (sizes equal or 1, aligned from the right)."""
+    """The tensors broadcast against each other (sizes equal or 1, aligned from the right).
+
+    SymInt-safe: sizes are compared pairwise, never hashed (a symbolic size is unhashable, and a
+    traced size is hashed by identity), so a dynamic batch stays symbolic under ``torch.export``.
+    """
     rank = max(t.dim() for t in tensors.values())
     for i in range(1, rank + 1):
-        sizes = {t.shape[-i] for t in tensors.values() if t.dim() >= i} - {1}
-        if len(sizes) > 1:
-            names = ", ".join(f"`{a}`" for a in tensors)
-            got = ", ".join(_shape_text(t.shape) for t in tensors.values())
-            raise ShapeError(
-                f"{owner_name(owner)}: expected {names} to broadcast together, got {got}."
-            )
+        want = None  # the first size other than 1 at this position
+        for t in tensors.values():
+            if t.dim() < i or t.shape[-i] == 1:
+                continue
+            if want is None:
+                want = t.shape[-i]
+            elif t.shape[-i] != want:
+                names = ", ".join(f"`{a}`" for a in tensors)
+                got = ", ".join(_shape_text(u.shape) for u in tensors.values())
+                raise ShapeError(
+                    f"{owner_name(owner)}: expected {names} to broadcast together, got {got}."
+                )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal, NamedTuple, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -166,6 +166,9 @@ class _PositionalEncoding3d(nn.Module):
         pos = et[:t, None, None, :] + eh[None, :h, None, :] + ew[None, None, :w, :]
         return pos.to(like.dtype)  # (T, H, W, dim)
 
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
+
     def extra_repr(self) -> str:
         return f"{self.kind!r}, dim={self.dim}, max_grid={self.max_grid}"
 
@@ -220,7 +223,8 @@ class _VideoTextAttention(nn.Module):
             self.pos.reset_parameters()
 
     def _heads(self, x: Tensor) -> Tensor:  # (B, ..., D) -> (B, h, ..., d)
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).movedim(-2, 1)
+        x = x.unflatten(-1, (self.num_heads, self.head_dim))  # (B, ..., h, d)
+        return x.movedim(x.dim() - 2, 1)  # a positive index: the ONNX exporters need one
 
     def _dropout_p(self, device: torch.device, *, fused: bool) -> float:
         """The attention dropout to apply; warns once (eager only) where, on the CPU, dropout
@@ -255,6 +259,12 @@ class _VideoTextAttention(nn.Module):
                 ) -> AttentionOutput:
         ...
 
+    @overload
+    def forward(self, video: Tensor, text: Tensor, *, video_mask: Tensor | None = ...,
+                text_mask: Tensor | None = ..., return_attention: bool
+                ) -> Tensor | AttentionOutput:
+        ...
+
     def forward(
         self,
         video: Tensor,
@@ -279,6 +289,9 @@ class _VideoTextAttention(nn.Module):
             return out
         maps = cast(Tensor, maps)  # (B, heads, L, T, H, W): need_weights was True
         return AttentionOutput(out, maps if x.batched else maps[0])
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return (

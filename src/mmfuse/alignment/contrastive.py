@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -189,6 +189,9 @@ class InfoNCELoss(nn.Module):
                     a, b, self.scale, grad_reduction=self.grad_reduction, **kw))
         return precise_output(_info_nce(a, b, self.scale, **kw))  # float32 under autocast
 
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
+
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, learnable={self.learnable}, "
@@ -278,6 +281,9 @@ class SigLIPLoss(nn.Module):
                        positives=positives, weights=weights, chunk_size=self.chunk_size,
                        owner=self)
         return precise_output(loss)  # float32 under autocast
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return (

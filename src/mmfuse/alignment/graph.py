@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import torch
 import torch.nn.functional as F
@@ -149,6 +149,12 @@ class ModalityGraphAttention(nn.Module):
                 ) -> AttentionOutput:
         ...
 
+    @overload
+    def forward(self, nodes: Tensor, *, node_mask: Tensor | None = ...,
+                adjacency: Tensor | None = ..., return_attention: bool
+                ) -> Tensor | AttentionOutput:
+        ...
+
     def forward(
         self,
         nodes: Tensor,
@@ -201,6 +207,9 @@ class ModalityGraphAttention(nn.Module):
             return out
         maps = feature_output(cast(Tensor, maps))  # set by the last layer (need_weights)
         return AttentionOutput(out, maps if batched else maps[0])
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -129,6 +129,9 @@ class BackboneAdapter(nn.Module):
             return feats
         check_inputs(self.proj, {"backbone output": feats}, owner=self)
         return self.proj(feats)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return (f"feature_dim={self.feature_dim}, out_dim={self.out_dim}, freeze={self.freeze}, "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -168,6 +168,9 @@ class AudioEncoder(nn.Module):
 
     def forward(self, audio: Tensor) -> Tensor:
         return self.forward_tokens(audio).mean(dim=1)  # (B, D)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return (f"out_dim={self.out_dim}, sample_rate={self.sample_rate}, n_mels={self.n_mels}, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -147,6 +147,9 @@ class SentenceEncoder(nn.Module):
             emb = emb.to(device=ref.device, dtype=ref.dtype)
         emb = emb.clone()
         return self.proj(emb)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return f"feature_dim={self.feature_dim}, out_dim={self.out_dim}, freeze={self.freeze}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -172,6 +172,9 @@ class TextEncoder(nn.Module):
             return tokens.mean(dim=1)
         count = mask.sum(dim=1, keepdim=True).clamp_min(1).to(tokens.dtype)  # (B, 1)
         return tokens.sum(dim=1) / count  # masked tokens are zero
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return (f"out_dim={self.out_dim}, width={self.width}, depth={self.depth}, "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -78,6 +78,9 @@ class VideoEncoder(nn.Module):
         x = x.reshape(b, t, *x.shape[1:]).permute(0, 1, 3, 4, 2)  # (B, T, H', W', D)
         x = self.norm(x)
         return x + self.mlp(x)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, out_dim={self.out_dim}, "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 import torch
 from torch import Tensor, nn
@@ -93,6 +93,24 @@ class AttentionFusion(nn.Module):
                 layer.reset_parameters()
         nn.init.zeros_(self.missing)
 
+    @overload
+    def forward(self, features: Mapping[str, Tensor],
+                present: Mapping[str, Tensor] | None = ..., *,
+                return_weights: Literal[False] = ...) -> Tensor:
+        ...
+
+    @overload
+    def forward(self, features: Mapping[str, Tensor],
+                present: Mapping[str, Tensor] | None = ..., *,
+                return_weights: Literal[True]) -> AttentionFusionOutput:
+        ...
+
+    @overload
+    def forward(self, features: Mapping[str, Tensor],
+                present: Mapping[str, Tensor] | None = ..., *,
+                return_weights: bool) -> Tensor | AttentionFusionOutput:
+        ...
+
     def forward(
         self,
         features: Mapping[str, Tensor],
@@ -109,6 +127,9 @@ class AttentionFusion(nn.Module):
         if return_weights:
             return AttentionFusionOutput(fused, weights)
         return fused
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return f"dims={self.dims}, out_dim={self.out_dim}, hidden={self.hidden}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -84,6 +84,9 @@ class BilinearFusion(nn.Module):
         # inputs checked above and sizes fixed by the parameters: the unchecked body
         return _bilinear_pool(projections, obs.mask, self.rank, self.eps, self.dropout,
                               self.training)  # (B, D)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return (

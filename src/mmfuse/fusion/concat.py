@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -78,6 +78,9 @@ class ConcatFusion(nn.Module):
             parts.append(fill_absent(x, obs.observed[:, j], fill))  # (B, D_m)
         z = torch.cat(parts, dim=-1)  # (B, sum D_m)
         return z if self.proj is None else self.proj(z)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return f"dims={self.dims}, out_dim={self.out_dim}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast, overload
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,9 @@ class _CrossBlock(nn.Module):
             x = x + F.dropout(a, p, self.training)
         h = self.mlp_out(F.dropout(F.gelu(self.mlp_in(self.norm_mlp(x))), p, self.training))
         return x + F.dropout(h, p, self.training)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
 
 class CrossAttentionFusion(nn.Module):
@@ -167,6 +170,24 @@ class CrossAttentionFusion(nn.Module):
                            B=batch, N=tokens[m].shape[1])
         return masks
 
+    @overload
+    def forward(self, tokens: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = ...,
+                present: Mapping[str, Tensor] | None = ..., *,
+                return_tokens: Literal[False] = ...) -> Tensor:
+        ...
+
+    @overload
+    def forward(self, tokens: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = ...,
+                present: Mapping[str, Tensor] | None = ..., *,
+                return_tokens: Literal[True]) -> CrossAttentionFusionOutput:
+        ...
+
+    @overload
+    def forward(self, tokens: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = ...,
+                present: Mapping[str, Tensor] | None = ..., *,
+                return_tokens: bool) -> Tensor | CrossAttentionFusionOutput:
+        ...
+
     def forward(
         self,
         tokens: Mapping[str, Tensor],
@@ -216,6 +237,9 @@ class CrossAttentionFusion(nn.Module):
         if return_tokens:
             return CrossAttentionFusionOutput(fused, out_tokens)
         return fused
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import einops
 import torch
@@ -13,6 +13,7 @@ from .._precision import outside_autocast
 from ..errors import ShapeError
 from ..functional.fusion.data_level import (
     ALIGN_MODES,
+    _to_grid,
     align_to_times,
     spectrogram_to_grid,
     time_order_violations,
@@ -195,11 +196,17 @@ class DataLevelFusion(nn.Module):
             aligned = align_to_times(spectrogram.to(frames.dtype), s_times, f_times, self.align)
         if self.proj is not None:  # (B, T, F) -> (B, T, k): a matmul, under autocast if it is on
             aligned = self.proj(aligned).to(frames.dtype)
+        mode = "resize" if self.audio == "resize" else "broadcast"
+        if height == 0 or width == 0:
+            spectrogram_to_grid(aligned, height, width, mode)  # raises: an empty image grid
         with outside_autocast(frames.device):
-            mode = "resize" if self.audio == "resize" else "broadcast"
-            grid = spectrogram_to_grid(aligned, height, width, mode)  # (B, T, k, H, W)
+            # unchecked form: the sizes may be traced tensors (TorchScript-based ONNX export)
+            grid = _to_grid(aligned, height, width, mode)  # (B, T, k, H, W)
             fused = torch.cat([frames, grid], dim=2)  # (B, T, C + k, H, W)
         return einops.rearrange(fused, f"b t c h w -> {self.layout}")
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         extra = f", audio_channels={self.audio_channels}" if self.audio == "project" else ""

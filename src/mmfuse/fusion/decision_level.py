@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -204,6 +204,9 @@ class DecisionFusion(nn.Module):
         temperature = self.temperature() if self.inputs == "logits" else None
         return decision_fusion(stacked, observed, self.weights(), strategy=self.strategy,
                                inputs=self.inputs, temperature=temperature)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     @staticmethod
     def decide(probs: Tensor) -> Tensor:

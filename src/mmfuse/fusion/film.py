@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -103,6 +103,9 @@ class FiLMFusion(nn.Module):
             mod = mod + c
         gamma, beta = mod.chunk(2, dim=-1)  # (B, D) each
         return film(h, gamma, beta)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return f"dims={self.dims}, out_dim={self.out_dim}, target={self.target!r}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -84,6 +84,9 @@ class GatedFusion(nn.Module):
         )  # (B, sum D_m)
         logits = self.gate(gate_in).unflatten(-1, (len(self.dims), self.out_dim))  # (B, M, D)
         return gated_fusion(hidden, logits, obs.mask, self.empty)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return f"dims={self.dims}, out_dim={self.out_dim}"

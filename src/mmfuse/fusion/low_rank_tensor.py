@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -135,6 +135,9 @@ class LowRankTensorFusion(nn.Module):
                 state_dict[f"{key}.weight"] = old[:, 1:, :].transpose(1, 2).reshape(r * o, -1)
                 state_dict[f"{key}.bias"] = old[:, 0, :].reshape(r * o)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return f"dims={self.dims}, out_dim={self.out_dim}, rank={self.rank}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -103,6 +104,9 @@ class ModalityDropout(nn.Module):
                 observed, self.p, min_present=self.min_present, generator=self.generator
             )
         return {m: observed[:, j] for j, m in enumerate(names)}
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return f"p={self.p}, min_present={self.min_present}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -79,6 +79,9 @@ class TensorFusion(nn.Module):
     ) -> Tensor:
         _, zs = observe_zero_filled(self, self.dims, features, present)
         return self.linear(tensor_fusion(zs))  # (B, prod(D_m + 1)) -> (B, D)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return f"dims={self.dims}, out_dim={self.out_dim}, fused_size={self.fused_size}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -133,7 +133,7 @@ class LogMelSpectrogram(nn.Module):
                 f"{owner_name(self)}: expected `waveform` of shape (..., S) with "
                 f"S >= n_fft={self.n_fft} when center=False, got {format_shape(waveform.shape)}."
             )
-        if waveform.shape[:-1].numel() == 0:  # an empty batch: torch.stft rejects it
+        if any(s == 0 for s in waveform.shape[:-1]):  # an empty batch: torch.stft rejects it
             return waveform.new_zeros(*waveform.shape[:-1], self.n_mels,
                                       self.num_frames(waveform.shape[-1]))
         with outside_autocast(waveform.device):  # signal processing: in the input's dtype
@@ -148,6 +148,9 @@ class LogMelSpectrogram(nn.Module):
         if self.center:
             return 1 + num_samples // self.hop_length
         return 1 + (num_samples - self.n_fft) // self.hop_length
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def frame_times(self, start: float | Tensor, num_frames: int) -> Tensor:
         """Clock time of each frame's centre for a waveform whose first sample is at ``start``.
@@ -235,6 +238,9 @@ class MFCC(LogMelSpectrogram):
             out = torch.matmul(logmel.transpose(-1, -2), self.dct.to(logmel.dtype))  # (..., frames, n_mfcc)
         return out.transpose(-1, -2)
 
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
+
     def extra_repr(self) -> str:
         return f"n_mfcc={self.n_mfcc}, " + super().extra_repr()
 
@@ -272,7 +278,7 @@ def resample(waveform: Tensor, orig_freq: int, new_freq: int, *,
                                  waveform.device)
     lead, length = waveform.shape[:-1], waveform.shape[-1]
     target = math.ceil(new * length / orig)
-    if lead.numel() == 0:  # an empty batch: conv1d rejects it
+    if any(s == 0 for s in lead):  # an empty batch: conv1d rejects it
         return waveform.new_zeros(*lead, target)
     x = waveform.reshape(-1, 1, length)  # (N, 1, S)
     x = F.pad(x, (width, width + orig))
@@ -311,6 +317,9 @@ class Resample(nn.Module):
         with outside_autocast(waveform.device):  # signal processing: in the input's dtype
             return resample(waveform, self.orig_freq, self.new_freq,
                             lowpass_filter_width=self.lowpass_filter_width, rolloff=self.rolloff)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return f"orig_freq={self.orig_freq}, new_freq={self.new_freq}"
@@ -395,10 +404,11 @@ class ResizeFrames(nn.Module):
     def forward(self, frames: Tensor) -> Tensor:
         x = _frames_float(frames, self)
         lead = x.shape[:-3]
-        if lead.numel() == 0 or x.shape[-3] == 0:  # nothing to resize: interpolate rejects it
+        # Nothing to resize: interpolate rejects it. (Size.numel() would fix a symbolic batch.)
+        if any(s == 0 for s in x.shape[:-2]):
             return x.new_zeros(*x.shape[:-2], *self.size).to(
                 torch.uint8 if frames.dtype == torch.uint8 else x.dtype)
-        flat = x.reshape(lead.numel(), *x.shape[-3:])  # (N, C, H, W)
+        flat = x.reshape(-1, *x.shape[-3:])  # (N, C, H, W)
         work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
         out = F.interpolate(work, size=self.size, mode="bilinear", align_corners=False,
                             antialias=self.antialias)
@@ -406,6 +416,9 @@ class ResizeFrames(nn.Module):
         if frames.dtype == torch.uint8:
             return out.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
         return out.to(frames.dtype)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return f"size={self.size}, antialias={self.antialias}"
@@ -451,6 +464,9 @@ class NormalizeFrames(nn.Module):
         mean = self.mean.to(x.device, x.dtype)[:, None, None]  # (C, 1, 1)
         std = self.std.to(x.device, x.dtype)[:, None, None]
         return (x - mean) / std
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.tolist()}, std={self.std.tolist()}"

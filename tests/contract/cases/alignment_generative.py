@@ -105,6 +105,15 @@ register(ContractCase(
     ],
 ))
 
+register(ContractCase(
+    id="ConditioningAugmentation-noise",  # the draw given: reparameterize's broadcast check runs
+    build=lambda **dd: ConditioningAugmentation(E, 5, **dd),
+    inputs=lambda b, g: {**cond_inputs(b, g), "noise": torch.randn(b, 5, generator=g)},
+    out_shape=lambda b: (b, 5),
+    tensor_args=["cond", "noise"],
+    empty_batch="empty",
+))
+
 # ----------------------------------------------------------------------------- decoder
 
 register(ContractCase(
@@ -147,6 +156,15 @@ register(ContractCase(
     bad_inputs=lambda kw: [
         BadInput("noise wrong size", {**kw, "noise": torch.zeros(3, 5)}, ShapeError, "noise"),
     ],
+))
+register(ContractCase(
+    id="CVAEHead-noise",  # the posterior draw given: reparameterize's broadcast check runs
+    build=lambda **dd: CVAEHead((8, 3), E, 4, hidden_dim=16, **dd),
+    inputs=lambda b, g: {**cvae_inputs((8, 3))(b, g), "noise": torch.randn(b, 4, generator=g)},
+    out_shape=lambda b: (b, 8, 3),
+    tensor_args=["x", "cond", "noise"],
+    empty_batch="empty",
+    grad_exempt=("prior_net",),
 ))
 register(ContractCase(
     id="CVAEHead-sequence-decoder",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -85,6 +85,9 @@ class ConditioningAugmentation(nn.Module):
         sample = mean if noise is None else reparameterize(mean, logvar, noise)
         kl = precise_output(gaussian_kl(mean, logvar))  # a KL term: float32 under autocast
         return AugmentedCondition(feature_output(sample), mean, logvar, kl)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, out_dim={self.out_dim}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -201,6 +201,9 @@ class ConditionEmbedding(nn.Module):
                            >= self.cond_dropout)
         h = torch.where(keep[:, None], total, self.null.to(total.dtype))  # (B, E)
         return self.mlp(h)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return (f"out_dim={self.out_dim}, num_classes={self.num_classes}, "

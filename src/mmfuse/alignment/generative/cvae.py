@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -188,6 +188,9 @@ class CVAEHead(nn.Module):
         z = mean if noise is None else reparameterize(mean, logvar, noise)
         out = (self.decode(z, cond), mean, logvar, pmean, plogvar, z)
         return CVAEOutput(*(feature_output(t) for t in out))  # features follow autocast
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def loss(self, x: Tensor, cond: Tensor, *, beta: float = 1.0, noise: Tensor | None = None,
              generator: torch.Generator | None = None) -> CVAELoss:

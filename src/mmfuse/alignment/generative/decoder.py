@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -123,6 +123,9 @@ class ConditionalDecoder(nn.Module):
                 h = self.ups[stage](h)  # (B, ch, *2 spatial)
         out = self.head(nn.functional.silu(self.out_norm(h)))  # (B, C, H, W) or (B, D, T)
         return out if self.image else out.transpose(1, 2)  # (B, T, D) for sequences
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return (f"cond_dim={self.cond_dim}, out_shape={self.out_shape}, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -212,6 +212,9 @@ class DiffusionHead(nn.Module):
         if drop is not None:
             cond = torch.where(drop[:, None], self.null_cond.to(cond.dtype), cond)
         return feature_output(self._denoise(x, t, cond))  # features follow autocast
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def _denoise(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         temb = timestep_embedding(t, self.hidden_dim).to(x.dtype)  # (B, H)

@@ -289,7 +289,7 @@ def graph_attention(
     e = e.to(torch.promote_types(x.dtype, torch.float32))  # (B, h, K, K)
     if edge_bias is not None:
         e = e + edge_bias.to(e.dtype)
-    eye = torch.eye(k, dtype=torch.bool, device=x.device)
+    eye = torch.eye(k, device=x.device).bool()  # ONNX Runtime has no boolean EyeLike
     allowed = torch.ones_like(eye) if adjacency is None else adjacency | eye  # (K, K) / (B, K, K)
     if allowed.dim() == 3:
         allowed = allowed[:, None]  # (B, 1, K, K)

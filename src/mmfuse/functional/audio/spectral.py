@@ -168,7 +168,9 @@ def spectrogram(
             f"center=False, got {format_shape(waveform.shape)}."
         )
     lead = waveform.shape[:-1]
-    if lead.numel() == 0:  # an empty batch: torch.stft rejects it; the result is simply empty
+    # An empty batch: torch.stft rejects it; the result is simply empty. (Tested size by size,
+    # not with Size.numel(), which would fix a symbolic batch size to its traced value.)
+    if any(s == 0 for s in lead):
         frames = 1 + waveform.shape[-1] // hop if center else 1 + (waveform.shape[-1] - n_fft) // hop
         return waveform.new_zeros(*lead, n_fft // 2 + 1, max(frames, 0))
     x = waveform.reshape(-1, waveform.shape[-1])  # (N, S)

@@ -52,7 +52,10 @@ def align_to_times(values: Tensor, times: Tensor, query: Tensor, mode: str = "ne
     dt = _times_dtype(times, query)
     t_src = times.to(dt).contiguous()  # (B, S)
     t_q = query.to(dt).contiguous()  # (B, T)
-    idx = torch.searchsorted(t_src, t_q)  # (B, T): first step with time >= query
+    # (B, T): first step with time >= query, i.e. the number of earlier steps (the times are
+    # sorted). Counted rather than torch.searchsorted, which has no ONNX lowering; this holds a
+    # (B, T, S) bool temporary.
+    idx = (t_src[:, None, :] < t_q[:, :, None]).sum(-1)
     hi = idx.clamp(max=s - 1)
     lo = (idx - 1).clamp(min=0)
     t_lo, t_hi = t_src.gather(1, lo), t_src.gather(1, hi)  # (B, T)
@@ -87,6 +90,15 @@ def spectrogram_to_grid(aligned: Tensor, height: int, width: int, mode: str = "b
     check_tensor(aligned, "B T K", owner=owner, arg="aligned", floating=None)
     for arg, size in (("height", height), ("width", width)):
         check_size(size, owner=owner, arg=arg)
+    return _to_grid(aligned, height, width, mode)
+
+
+def _to_grid(aligned: Tensor, height: int, width: int, mode: str) -> Tensor:
+    """``spectrogram_to_grid`` without its checks, for callers that have checked the sizes.
+
+    The sizes may then be symbolic or traced (the TorchScript-based ONNX exporter passes them as
+    tensors, which ``check_size`` refuses).
+    """
     b, t, k = aligned.shape
     if mode == "broadcast":
         return aligned[..., None, None].expand(b, t, k, height, width)
