@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +76,9 @@ class Int8WeightConv(nn.Module):
             x = F.pad(x, self.pad, mode=self.padding_mode)
             return self.conv_fn(x, w, bias, self.stride, 0, self.dilation, self.groups)
         return self.conv_fn(x, w, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         out_ch, in_ch = self.weight_int8.shape[:2]

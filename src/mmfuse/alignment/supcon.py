@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -119,6 +119,9 @@ class SupConLoss(nn.Module):
             if distributed.is_distributed():
                 return distributed.supcon_gathered(features, labels, self.scale, **kw)
         return _supcon(features, labels, self.scale, **kw)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return (

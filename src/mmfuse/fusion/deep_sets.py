@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -106,6 +106,9 @@ class DeepSetsFusion(nn.Module):
         stacked = torch.stack(encoded, dim=1)  # (B, M', H)
         observed = None if all(obs.given[j] for j in cols) else obs.observed[:, cols]  # (B, M')
         return self.rho(_set_pool(stacked, observed, self.reduce))  # (B, D)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return (f"dims={self.dims}, out_dim={self.out_dim}, hidden={self.hidden}, "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -122,6 +122,9 @@ class LateFusion(nn.Module):
                          C=self.num_classes)
             predictions[m] = out  # (B, C)
         return self.decision(predictions, present)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def _check_inputs(self, inputs: object) -> int:
         """The batch size of ``inputs``, after the boundary checks."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -108,6 +108,9 @@ class NLGateFusion(nn.Module):
             cols = [names.index(m) for m in self.context]
             observed = obs.observed[:, cols].repeat_interleave(k, dim=1)  # (B, K * M_context)
         return _nl_gate(q.unflatten(-1, (self.query_tokens, c)), keys, values, observed)  # (B, Q * C)
+
+    if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
+        __call__ = forward
 
     def extra_repr(self) -> str:
         return (f"dims={self.dims}, query={self.query!r}, channels={self.channels}, "
