@@ -112,6 +112,7 @@ register(ContractCase(
     out_shape=lambda b: (b, 5),
     tensor_args=["cond", "noise"],
     empty_batch="empty",
+    float32_fields=("kl",),
 ))
 
 # ----------------------------------------------------------------------------- decoder
