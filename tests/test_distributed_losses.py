@@ -26,6 +26,9 @@ CASES = [
     ("infonce-pair", {"reduction": "pair", "temperature": 0.2}, "groups"),
     ("infonce-shared-negatives-tiled", {"chunk_size": 2}, "shared"),
     ("infonce-own-negatives", {"label_smoothing": 0.1}, "own"),
+    # grad_reduction="mean" (DDP): every rank returns the global loss, gradients world x share's
+    ("supcon-labels-mean", {"grad_reduction": "mean", "chunk_size": 2}, "labels"),
+    ("infonce-shared-negatives-mean", {"grad_reduction": "mean"}, "shared"),
 ]
 
 
@@ -71,6 +74,8 @@ def run_case(index: int, rank: int | None) -> dict[str, Any]:
     inputs = full if rank is None else {k: shard(v, rank, k, kind) for k, v in full.items()}
     leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()
               if v.is_floating_point() and k != "weights"}
+    if rank is None:
+        kwargs = {k: v for k, v in kwargs.items() if k != "grad_reduction"}
     m = build(name, kwargs, gather=rank is not None)
     loss = m(**{**inputs, **leaves})
     loss.backward()
@@ -110,6 +115,16 @@ def test_gathered_shares_sum_to_the_single_process_loss(index: int) -> None:
     ranks = [r[name] for r in _RUN[0]]
     assert all(isinstance(r, dict) for r in ranks), ranks
     want = run_case(index, None)
+    if CASES[index][1].get("grad_reduction") == "mean":
+        # every rank: the global loss; DDP's mean of the gradients is the single-process one
+        for r in ranks:
+            assert _rel(r["loss"], want["loss"]) < 1e-10
+        world = len(ranks)
+        assert _rel(sum(r["scale_grad"] for r in ranks) / world, want["scale_grad"]) < 1e-10
+        for arg, g in want["grads"].items():
+            got = torch.cat([r["grads"][arg] for r in ranks]) / world
+            assert got.shape == g.shape and _rel(got, g) < 1e-10, arg
+        return
     assert _rel(sum(r["loss"] for r in ranks), want["loss"]) < 1e-10
     assert _rel(sum(r["scale_grad"] for r in ranks), want["scale_grad"]) < 1e-10
     for arg, g in want["grads"].items():

@@ -443,12 +443,16 @@ def _negatives_share(a: Tensor, b: Tensor, negatives: Tensor, scale: Tensor, inp
 
 
 def _describe_supcon(extra: tuple[int, ...]) -> str:
-    labels, weights, variant, views = extra
+    labels, weights, variant, views, reduction = extra
     w = ("None", "a float tensor", "a bool tensor")[weights]
     v = VARIANTS[variant] if 0 <= variant < len(VARIANTS) else "invalid"
     layout = "(N, D)" if views == 0 else f"(B, {views}, D)"
-    return (f"labels {'given' if labels else 'None'}, weights {w}, variant {v!r}, "
+    text = (f"labels {'given' if labels else 'None'}, weights {w}, variant {v!r}, "
             f"features {layout}")
+    if reduction:  # named only where it is not the default
+        r = _REDUCTIONS[reduction] if 0 <= reduction < len(_REDUCTIONS) else "invalid"
+        text += f", grad_reduction {r!r}"
+    return text
 
 
 def supcon_gathered(
@@ -463,6 +467,7 @@ def supcon_gathered(
     chunk_size: int | str | None = "auto",
     owner: object = "supcon_gathered",
     group: Any = None,
+    grad_reduction: str = "sum",
 ) -> Tensor:
     """This rank's share of the supervised contrastive loss of the batch gathered from every
     rank (:func:`~mmfuse.functional.supcon_loss`; ``SupConLoss(gather=True)``).
@@ -473,6 +478,8 @@ def supcon_gathered(
     gradients (as for :func:`info_nce_gathered`). Without labels, the views of a sample are its
     positives, across ranks too. Ranks may hold uneven or empty batches; every rank must pass
     ``labels`` and ``weights`` alike, the same ``variant`` and the same number of views.
+    ``grad_reduction="mean"``: every rank returns the global loss, with gradients that DDP's
+    averaging turns into the single-process ones (as for :func:`info_nce_gathered`).
 
     Shape:
         - features: (N_r, D) with labels (N_r,), or (B_r, V, D) with labels (B_r,) or None
@@ -483,6 +490,7 @@ def supcon_gathered(
     flat = None
     try:
         _check_options(variant, reduction, owner=owner)
+        check_choice(grad_reduction, _REDUCTIONS, owner=owner, arg="grad_reduction")
         flat = _flatten(features, labels, weights, owner=owner, allow_empty=distributed)
     except (TypeError, ValueError) as exc:
         if not distributed:
@@ -493,7 +501,8 @@ def supcon_gathered(
                        weights=weights, reduction=reduction, chunk_size=chunk_size, owner=owner)
     options = (int(labels is not None), _weights_code(weights),
                VARIANTS.index(variant) if variant in VARIANTS else -1,
-               flat.views if flat is not None and features.dim() == 3 else 0)
+               flat.views if flat is not None and features.dim() == 3 else 0,
+               _REDUCTIONS.index(grad_reduction) if grad_reduction in _REDUCTIONS else -1)
     z_all, sizes = _gather(features if flat is None else flat.z, group=group, owner=owner,
                            arg="features", error=error, extra=options,
                            extra_text=_describe_supcon)
@@ -516,4 +525,6 @@ def supcon_gathered(
     term = _supcon_terms(st, variant)
     w = _anchor_weights(st.n_pos, flat.weights, reduction)
     loss = _global_mean((w * term).sum(), w.sum(), group)
+    if grad_reduction == "mean":
+        loss = _as_global_loss(loss, group)
     return loss.to(torch.promote_types(features.dtype, scale.dtype))

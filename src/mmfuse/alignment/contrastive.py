@@ -51,7 +51,48 @@ def _clamped_exp(log_scale: Tensor, min_scale: float | None, max_scale: float | 
     return log_scale.exp()
 
 
-class InfoNCELoss(nn.Module):
+class _ScaledLoss(nn.Module):
+    """Shared by the contrastive loss modules: the temperature stored as a clamped
+    ``logit_scale = log(1 / temperature)`` (a parameter when learnable, else a buffer), and
+    the checks of the options every such loss takes."""
+
+    logit_scale: Tensor
+
+    def _init_scale(self, temperature: float, *, learnable: bool, min_scale: float | None,
+                    max_scale: float | None, gather: bool, grad_reduction: str,
+                    device: torch.device | str | None, dtype: torch.dtype | None) -> None:
+        check_positive(temperature, owner=self, arg="temperature")
+        check_choice(grad_reduction, _GRAD_REDUCTIONS, owner=self, arg="grad_reduction")
+        if grad_reduction == "mean" and not gather:
+            raise ValueError(
+                f"{owner_name(self)}: expected gather=True with grad_reduction='mean' (without "
+                f"gathering, each rank's loss is already its own batch's mean), got gather=False."
+            )
+        _check_bounds(min_scale, max_scale, owner=self)
+        _check_learnable_bounds(learnable, min_scale, max_scale, owner=self)
+        self.temperature = float(temperature)
+        self.learnable = bool(learnable)
+        self.max_scale, self.min_scale = max_scale, min_scale
+        self.gather = bool(gather)
+        self.grad_reduction = grad_reduction
+        init = torch.empty((), device=device, dtype=dtype)
+        if self.learnable:
+            self.logit_scale = nn.Parameter(init)
+        else:
+            self.register_buffer("logit_scale", init)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.logit_scale.fill_(math.log(1.0 / self.temperature))
+
+    @property
+    def scale(self) -> Tensor:
+        """The clamped logit scale ``exp(logit_scale)`` (1 / temperature) used in the forward."""
+        return _clamped_exp(self.logit_scale, self.min_scale, self.max_scale)
+
+
+class InfoNCELoss(_ScaledLoss):
     """Symmetric InfoNCE with a learnable temperature (CLIP's loss; the source's contrastive loss).
 
     The temperature is stored as a log logit-scale, ``logit_scale = log(1 / temperature)``, and
@@ -128,15 +169,6 @@ class InfoNCELoss(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_positive(temperature, owner=self, arg="temperature")
-        check_choice(grad_reduction, _GRAD_REDUCTIONS, owner=self, arg="grad_reduction")
-        if grad_reduction == "mean" and not gather:
-            raise ValueError(
-                "InfoNCELoss: expected gather=True with grad_reduction='mean' (without gathering, "
-                "each rank's loss is already its own batch's mean), got gather=False."
-            )
-        _check_bounds(min_scale, max_scale, owner=self)
-        _check_learnable_bounds(learnable, min_scale, max_scale, owner=self)
         check_choice(direction, ("both", "a2b", "b2a"), owner=self, arg="direction")
         check_choice(reduction, REDUCTIONS, owner=self, arg="reduction")
         if not 0.0 <= float(label_smoothing) <= 1.0:
@@ -144,31 +176,14 @@ class InfoNCELoss(nn.Module):
                 f"InfoNCELoss: expected `label_smoothing` in [0, 1], got {label_smoothing!r}."
             )
         _tile_size(chunk_size, 1, 1, owner=self)
-        self.temperature = float(temperature)
-        self.learnable = bool(learnable)
-        self.max_scale, self.min_scale = max_scale, min_scale
         self.normalize = bool(normalize)
         self.label_smoothing = float(label_smoothing)
         self.direction = direction
         self.chunk_size = chunk_size
-        self.gather = bool(gather)
         self.reduction = reduction
-        self.grad_reduction = grad_reduction
-        init = torch.empty((), device=device, dtype=dtype)
-        if self.learnable:
-            self.logit_scale = nn.Parameter(init)
-        else:
-            self.register_buffer("logit_scale", init)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        with torch.no_grad():
-            self.logit_scale.fill_(math.log(1.0 / self.temperature))
-
-    @property
-    def scale(self) -> Tensor:
-        """The clamped logit scale ``exp(logit_scale)`` (1 / temperature) used in the forward."""
-        return _clamped_exp(self.logit_scale, self.min_scale, self.max_scale)
+        self._init_scale(temperature, learnable=learnable, min_scale=min_scale,
+                         max_scale=max_scale, gather=gather, grad_reduction=grad_reduction,
+                         device=device, dtype=dtype)
 
     def forward(self, a: Tensor, b: Tensor, positives: Tensor | None = None,
                 weights: Tensor | None = None, negatives: Tensor | None = None) -> Tensor:

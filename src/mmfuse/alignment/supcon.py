@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .._checks import check_choice, check_inputs, check_positive
+from .._checks import check_choice, check_inputs
+from .._precision import precise_output
 from ..functional.contrastive import REDUCTIONS, VARIANTS
 from ..functional.contrastive._checks import _tile_size
 from ..functional.contrastive.supcon import _check_options, _supcon
-from .contrastive import _check_bounds, _check_learnable_bounds, _clamped_exp
+from .contrastive import _ScaledLoss
 
 __all__ = ["SupConLoss"]
 
 
-class SupConLoss(nn.Module):
+class SupConLoss(_ScaledLoss):
     """Supervised contrastive loss (SupCon, Khosla et al., 2020); NT-Xent without labels.
 
     Every embedding is an anchor against every other one; its positives are the others with
@@ -47,6 +47,9 @@ class SupConLoss(nn.Module):
             (anchor, positive) pairs; ``variant="out"`` only).
         chunk_size: ``"auto"``/None (tiled above 1024 rows) or an int tile size.
         gather: Gather across ``torch.distributed`` ranks when a process group is initialised.
+        grad_reduction: With ``gather=True``: ``"sum"`` (each rank returns its share) or
+            ``"mean"`` (DDP: every rank returns the global loss, and DDP's averaged gradient is
+            the single-process one); as in :class:`~mmfuse.alignment.InfoNCELoss`.
 
     Shape:
         - features: (N, D) with labels (N,), or (B, V, D) (V views) with labels (B,) or None
@@ -71,39 +74,21 @@ class SupConLoss(nn.Module):
         reduction: str = "anchor",
         chunk_size: int | str | None = "auto",
         gather: bool = False,
+        grad_reduction: str = "sum",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_positive(temperature, owner=self, arg="temperature")
-        _check_bounds(min_scale, max_scale, owner=self)
-        _check_learnable_bounds(learnable, min_scale, max_scale, owner=self)
         check_choice(variant, VARIANTS, owner=self, arg="variant")
         check_choice(reduction, REDUCTIONS, owner=self, arg="reduction")
         _check_options(variant, reduction, owner=self)
         _tile_size(chunk_size, 1, 1, owner=self)
-        self.temperature = float(temperature)
         self.variant, self.reduction = variant, reduction
-        self.learnable = bool(learnable)
-        self.max_scale, self.min_scale = max_scale, min_scale
         self.normalize = bool(normalize)
         self.chunk_size = chunk_size
-        self.gather = bool(gather)
-        init = torch.empty((), device=device, dtype=dtype)
-        if self.learnable:
-            self.logit_scale = nn.Parameter(init)
-        else:
-            self.register_buffer("logit_scale", init)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        with torch.no_grad():
-            self.logit_scale.fill_(math.log(1.0 / self.temperature))
-
-    @property
-    def scale(self) -> Tensor:
-        """The clamped scale ``exp(logit_scale)`` (1 / temperature) used in the forward."""
-        return _clamped_exp(self.logit_scale, self.min_scale, self.max_scale)
+        self._init_scale(temperature, learnable=learnable, min_scale=min_scale,
+                         max_scale=max_scale, gather=gather, grad_reduction=grad_reduction,
+                         device=device, dtype=dtype)
 
     def forward(self, features: Tensor, labels: Tensor | None = None,
                 weights: Tensor | None = None) -> Tensor:
@@ -117,8 +102,9 @@ class SupConLoss(nn.Module):
             from .. import distributed
 
             if distributed.is_distributed():
-                return distributed.supcon_gathered(features, labels, self.scale, **kw)
-        return _supcon(features, labels, self.scale, **kw)
+                return precise_output(distributed.supcon_gathered(
+                    features, labels, self.scale, grad_reduction=self.grad_reduction, **kw))
+        return precise_output(_supcon(features, labels, self.scale, **kw))  # float32 (autocast)
 
     if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
         __call__ = forward
@@ -129,4 +115,5 @@ class SupConLoss(nn.Module):
             f"learnable={self.learnable}, max_scale={self.max_scale}, "
             f"min_scale={self.min_scale}, normalize={self.normalize}, "
             f"reduction={self.reduction!r}, chunk_size={self.chunk_size!r}, gather={self.gather}"
+            + (f", grad_reduction={self.grad_reduction!r}" if self.gather else "")
         )
