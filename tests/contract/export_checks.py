@@ -133,7 +133,7 @@ Exported = tuple[Any, Flat, dict[int, tuple[Tensor, ...]]]
 def exported(case: ContractCase) -> Exported:
     """The case's ``torch.export`` program with a dynamic batch, the wrapper and the inputs."""
     module, flags, args = _setup(case)
-    batch = torch.export.Dim("batch", min=1, max=1024)
+    batch = torch.export.Dim("batch", min=1, max=512)
     shapes = tuple({0: batch} if f else None for f in flags)
     with torch.no_grad():
         program = torch.export.export(module, args[TRACE_BATCH], dynamic_shapes=(shapes,))

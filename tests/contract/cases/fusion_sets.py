@@ -54,6 +54,7 @@ register(ContractCase(
     features_arg="inputs",
     presence_arg="present",
     empty_batch="empty",
+    precision="float32",  # DecisionFusion's probabilities
 ))
 register(ContractCase(
     id="LateFusion-product",
@@ -64,4 +65,5 @@ register(ContractCase(
     features_arg="inputs",
     presence_arg="present",
     empty_batch="empty",
+    precision="float32",  # DecisionFusion's probabilities
 ))

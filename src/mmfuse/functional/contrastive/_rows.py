@@ -59,8 +59,9 @@ def _row_masks(pairs: _Pairs | None, self_offset: int | None, vq: Tensor | None,
         else valid.clone()
     if self_offset is not None:
         d = _Pairs("diag", 0, 0, offset=self_offset).diag_offset(i0, i1, j0, j1)
-        if d is not None:
-            cand.diagonal(d).fill_(False)
+        if d is not None:  # out of place (in-place fills do not export to ONNX)
+            rows = torch.arange(i1 - i0, device=device)[:, None]
+            cand = cand & (rows + d != torch.arange(j1 - j0, device=device)[None, :])
     pos = None if pairs is None else pairs.tile(i0, i1, j0, j1, device)
     return cand, None if pos is None else pos & cand
 
