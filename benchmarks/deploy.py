@@ -56,7 +56,7 @@ from mmfuse.data import AVSplit, load_av_digits
 from mmfuse.demo.cli import DEGRADED
 from mmfuse.demo.model import HOP, build_model, forward, standardise, timelines
 from mmfuse.demo.train import fit
-from mmfuse.deploy import make_permanent, prune, quantize_dynamic, sparsity
+from mmfuse.deploy import Int8WeightConv, make_permanent, prune, quantize_dynamic, sparsity
 from mmfuse.metrics import accuracy
 
 SPARSITIES = (0.3, 0.5, 0.7)
@@ -120,12 +120,15 @@ def saved_size(model: nn.Module) -> tuple[int, int]:
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
-    """(all, non-zero) weights and biases; a quantized linear's int8 weight counts too."""
+    """(all, non-zero) weights and biases; the int8 weights of quantized linear layers and
+    convolutions count too."""
     tensors = [p.detach() for p in model.parameters()]
     for m in model.modules():
         if isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
             w, b = m.weight(), m.bias()
             tensors += [w.int_repr()] + ([] if b is None else [b])
+        elif isinstance(m, Int8WeightConv):
+            tensors.append(m.weight_int8)
     return sum(t.numel() for t in tensors), sum(int(t.count_nonzero()) for t in tensors)
 
 
