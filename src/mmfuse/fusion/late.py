@@ -12,6 +12,7 @@ from .._checks import (
     check_batched,
     check_dims,
     check_features,
+    check_inputs,
     check_presence,
     check_tensor,
     format_shape,
@@ -115,6 +116,8 @@ class LateFusion(nn.Module):
             if m not in inputs:
                 continue
             x = inputs[m]
+            # dtype and device against this modality's model (integer inputs: device only)
+            check_inputs(self.models[m], {f"inputs[{m!r}]": x}, owner=self)
             if present is not None and m in present:
                 x = fill_absent(x, present[m], x.new_zeros(()))
             out = self.models[m](x)
