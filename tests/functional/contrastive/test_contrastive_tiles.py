@@ -157,10 +157,12 @@ def test_workers_restore_the_thread_count_and_reraise(two_threads):
 
 
 def test_auto_tile():
-    assert _auto_tile(16384, 16384, 256, 2) == 1024
-    assert _auto_tile(16384, 16384, 64, 2) == 2048
+    assert _auto_tile(16384, 16384, 256, 2) == 512
+    assert _auto_tile(16384, 16384, 64, 2) == 1024
+    assert _auto_tile(16384, 16384, 16, 2) == 2048
     assert _auto_tile(16384, 16384, 4096, 2) == 256
-    assert _auto_tile(1500, 1500, 256, 2) == 750  # every thread gets rows
+    assert _auto_tile(1500, 1500, 256, 2) == 512
+    assert _auto_tile(700, 700, 256, 2) == 350  # every thread gets rows
     assert _auto_tile(100_000, 100_000, 1, 1) == 2048  # buffers stay small
 
 

@@ -39,14 +39,17 @@ gradient stays bounded (by ``1 / NORM_EPS`` times the incoming one)."""
 
 _NEG_INF = float("-inf")
 
-_TILE_MACS = 2**28
-"""``chunk_size="auto"``: multiply-adds of one tile's matmul (tile^2 * D) it aims for, so that
-the Python dispatch of a tile's few kernels stays below 1 % of its arithmetic."""
+_TILE_MACS = 2**26
+"""``chunk_size="auto"``: multiply-adds of one tile's matmul (tile^2 * D) it aims for: 512 x 512
+tiles at D=256, whose float32 buffer (1 MB) stays close to a core's cache, so the elementwise
+passes over it run from cache and the single-threaded matmuls run at the machine's large-matmul
+rate (``benchmarks/contrastive.py --tile`` compares sizes); the Python dispatch of a tile's few
+kernels stays about 1 % of its arithmetic."""
 
 
 def _auto_tile(n_q: int, n_k: int, dim: int, threads: int) -> int:
     """Tile side for ``chunk_size="auto"``: a power of two with ``tile^2 * dim`` close to
-    :data:`_TILE_MACS` (1024 at D=256), within [256, 2048] (two float32 tile buffers per worker:
+    :data:`_TILE_MACS` (512 at D=256), within [256, 2048] (two float32 tile buffers per worker:
     at most 32 MB), and no more than the rows per worker thread, so that every thread has a
     block of query rows to work on."""
     t = 2 ** round(math.log2(math.sqrt(_TILE_MACS / max(dim, 1))))

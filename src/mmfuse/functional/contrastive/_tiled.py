@@ -22,6 +22,7 @@ intra-op thread on CPU, a fixed assignment of blocks to workers: bitwise reprodu
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -257,6 +258,10 @@ def _pos_grad(lt: Tensor, co: dict[str, Tensor], a0: Any, a1: Any, dim: Any, eps
 
 # ----------------------------------------------------------------------------- tile bodies
 
+_LOG2E = 1.0 / math.log(2.0)
+"""The fast body takes ``exp(L)`` as ``2^(L log2 e)``, with ``log2 e`` folded into the query
+rows before the matmul: ``exp2`` is several times cheaper than ``exp`` on CPU."""
+
 _EXP_LIMIT = {torch.float32: 40.0, torch.float64: 300.0}
 """The fast body's bound on ``|L|``: ``exp(L)``, the row sums (at most B e^40) and the
 coefficients ``h exp(-N)`` (down to about h e^-52) stay finite and normal in the dtype."""
@@ -292,11 +297,11 @@ def _neg_lse_fast(qh: Tensor, kh: Tensor, s: Tensor, pairs: _Pairs, vq: Tensor |
     bufs = _buffers(workers, min(tile, n_q) * min(tile, n_k), qh)
 
     def body(w: int, i0: int, i1: int) -> None:
-        qs = qh[i0:i1] * s
+        qs2 = qh[i0:i1] * (s * _LOG2E)
         acc = qh.new_zeros(i1 - i0, dtype=torch.float64)
         for j0, j1 in _tiles(n_k, tile):
             e = _view(bufs[w], i1 - i0, j1 - j0)
-            torch.mm(qs, kh[j0:j1].t(), out=e).exp_()  # exp(L), (t, t)
+            torch.mm(qs2, kh[j0:j1].t(), out=e).exp2_()  # exp(L) = 2^(L log2 e), (t, t)
             d = pairs.diag_offset(i0, i1, j0, j1)
             if d is not None:
                 e.diagonal(d).zero_()  # the positives are not negatives
@@ -380,9 +385,10 @@ def _grad_tiles_fast(qh: Tensor, kh: Tensor, s: Tensor, pairs: _Pairs,
 
     def body(w: int, i0: int, i1: int) -> None:
         qs = qh[i0:i1] * s
+        qs2 = qh[i0:i1] * (s * _LOG2E)
         for j0, j1 in _tiles(n_k, tile):
             e = _view(bufs[w], i1 - i0, j1 - j0)
-            torch.mm(qs, kh[j0:j1].t(), out=e).exp_()
+            torch.mm(qs2, kh[j0:j1].t(), out=e).exp2_()
             if both:
                 e.mul_(torch.add(a[i0:i1, None], b[None, j0:j1],
                                  out=_view(abs_[w], i1 - i0, j1 - j0)))
