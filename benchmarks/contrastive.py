@@ -14,7 +14,10 @@ useful work, 6 * B^2 * D FLOPs (one forward and two backward matmuls). Each repe
 three in turn (after one warm-up each); times are medians, "time / open_clip" the median of
 the per-repeat ratios. "% of mm peak" is 6 B^2 D / time against the float32 matmul rate
 (the best large ``torch.mm`` measured at the start and the end of the same run, before any
-background load).
+background load). "% of paired mm" is the same ratio taken per repeat against a matmul probe
+(best of two large ``torch.mm``) run just before that repeat, under the same load, then the
+median: a shared machine's speed drifts by tens of percent within minutes, which the
+start-and-end peak does not follow.
 
 Memory (CPU): the peak growth of the resident set of a fresh subprocess over one forward and
 backward (``/proc/self/status``: VmHWM after the step, the high-water mark reset through
@@ -31,7 +34,8 @@ time and memory from the same step) and compare it with the FLOP floor, 6 B^2 D 
 measured matmul rate.
 
 Run: ``python benchmarks/contrastive.py`` (``--quick`` for small sizes; ``--load 2``;
-``--sizes 131072``; ``--device cuda --dtype bfloat16``).
+``--sizes 131072``; ``--device cuda --dtype bfloat16``; ``--impls tiled open_clip`` to leave
+out the slow seed formulation).
 """
 
 from __future__ import annotations
@@ -231,7 +235,7 @@ def background_load(n: int, seconds: float) -> Iterator[None]:
 # ----------------------------------------------------------------------------- main
 
 
-Row = tuple[int, str, float | None, float | None, dict[str, float] | None]
+Row = tuple[int, str, float | None, float | None, dict[str, float] | None, float | None]
 
 
 def compare(sizes: list[int], args: argparse.Namespace, repeats: int) -> list[Row]:
@@ -240,23 +244,29 @@ def compare(sizes: list[int], args: argparse.Namespace, repeats: int) -> list[Ro
     rows: list[Row] = []
     for batch in sizes:
         a, b, scale = inputs(batch, args.dim, dtype, args.device)
-        impls = [i for i in IMPLS
+        impls = [i for i in args.impls
                  if baseline_bytes(i, batch, dtype) <= available_bytes(args.device) // 2]
         for impl in impls:
             step(impl, a, b, scale, args.tile)  # warm-up
         times: dict[str, list[float]] = {i: [] for i in impls}
+        probe: list[float] = []  # GFLOP/s of the matmul probe run just before each repeat
         for _ in range(repeats):
+            probe.append(matmul_peak(args.probe_n, 2, dtype, args.device))
             for impl in impls:
                 times[impl].append(step(impl, a, b, scale, args.tile))
-        for impl in IMPLS:
+        for impl in args.impls:
             if impl not in impls:
-                rows.append((batch, impl, None, None, None))
+                rows.append((batch, impl, None, None, None, None))
                 continue
             t = statistics.median(times[impl])
             ratio = (statistics.median(x / y for x, y in zip(times[impl], times["open_clip"]))
                      if "open_clip" in impls else None)
+            # the paired efficiency: each repeat's useful FLOP rate against the probe of the
+            # same repeat, then the median (robust to the machine's speed drifting in a run)
+            paired = statistics.median(6 * batch**2 * args.dim / x / 1e9 / r
+                                       for x, r in zip(times[impl], probe))
             mem = None if args.no_memory else measure(impl, batch, args)
-            rows.append((batch, impl, t, ratio, mem))
+            rows.append((batch, impl, t, ratio, mem, paired))
             shown = "" if mem is None else f", {mem['growth']:.0f} MB"
             print(f"  B={batch} {impl}: {t:.3f} s{shown}", flush=True)
         del a, b, scale
@@ -265,14 +275,14 @@ def compare(sizes: list[int], args: argparse.Namespace, repeats: int) -> list[Ro
 
 def table(rows: list[Row], args: argparse.Namespace, peak: float) -> None:
     dtype = DTYPES[args.dtype]
-    mem_ref = {(b, i): m for b, i, _, _, m in rows}
+    mem_ref = {(b, i): m for b, i, _, _, m, _ in rows}
     print("\n| B | loss | time (s) | time / open_clip | peak growth (MB) | loss memory (MB) "
-          "| memory / open_clip | % of mm peak |")
-    print("|---|---|---|---|---|---|---|---|")
-    for batch, impl, t, ratio, mem in rows:
+          "| memory / open_clip | % of mm peak | % of paired mm |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for batch, impl, t, ratio, mem, paired in rows:
         if t is None:
             need = baseline_bytes(impl, batch, dtype) / 2**30
-            print(f"| {batch} | {impl} | skipped: needs > {need:.0f} GB | | | | | |")
+            print(f"| {batch} | {impl} | skipped: needs > {need:.0f} GB | | | | | | |")
             continue
         ref = mem_ref.get((batch, "open_clip"))
         growth = "-" if mem is None else f"{mem['growth']:.0f}"
@@ -281,8 +291,9 @@ def table(rows: list[Row], args: argparse.Namespace, peak: float) -> None:
                    if mem is not None and ref and ref["growth"] > 0 else "-")
         t_ratio = "-" if ratio is None else f"{ratio:.2f}x"
         eff = 100 * 6 * batch**2 * args.dim / t / 1e9 / peak
+        pe = "-" if paired is None else f"{100 * paired:.0f}%"
         print(f"| {batch} | {impl} | {t:.3f} | {t_ratio} | {growth} | {loss_mem} | {m_ratio} "
-              f"| {eff:.0f}% |")
+              f"| {eff:.0f}% | {pe} |")
 
 
 def one_step(batch: int, args: argparse.Namespace, peak: float) -> None:
@@ -290,6 +301,10 @@ def one_step(batch: int, args: argparse.Namespace, peak: float) -> None:
     print(f"B={batch}, D={args.dim}: one forward + backward of the tiled loss "
           f"(a fresh process; this takes a while)...", flush=True)
     mem = measure("tiled", batch, args)
+    after = matmul_peak(args.probe_n, 5, DTYPES[args.dtype], args.device)
+    print(f"{args.dtype} torch.mm right after the step: {after:.1f} GFLOP/s; the floor uses "
+          f"the best rate of the run, {max(peak, after):.1f}")
+    peak = max(peak, after)
     floor = 6 * batch**2 * args.dim / (peak * 1e9)
     print("\n| B | time (s) | FLOP floor (s) | time / floor | % of mm peak | peak growth (MB) "
           "| loss memory (MB) |")
@@ -313,6 +328,8 @@ def main() -> None:
     p.add_argument("--load-seconds", type=float, default=3600.0,
                    help="upper bound on each background process's life")
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS),
+                   help="formulations to compare (default: all three)")
     p.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     p.add_argument("--burn", nargs=2, type=float, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -329,6 +346,7 @@ def main() -> None:
     sizes = args.sizes or ([512, 1024, 2048] if args.quick else [1024, 4096, 16384, 32768])
     repeats = args.repeats or (1 if args.quick else 3)
     peak_n, peak_repeats = (1024, 3) if args.quick else (4096, 5)
+    args.probe_n = peak_n
     dtype = DTYPES[args.dtype]
     peak = matmul_peak(peak_n, peak_repeats, dtype, args.device)
     print(f"torch {torch.__version__}, {args.device}, {args.dtype}, {args.threads} threads, "
