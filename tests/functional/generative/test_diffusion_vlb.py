@@ -126,6 +126,11 @@ def test_dtype_and_device_follow_the_inputs(dtype, want) -> None:
         torch.testing.assert_close(got.double().cpu(), ref, rtol=tol, atol=tol)
 
 
+def test_empty_batch() -> None:
+    x0, x_t, x0_pred, v = (a[:0] for a in batch(6, shape=(2, 3)))
+    assert ddpm_vlb_term(x0, x_t, x0_pred, 0.5, 1.0, v).shape == (0,)
+
+
 def test_argument_errors() -> None:
     x0, x_t, x0_pred, v = batch(5, shape=(2, 3))
     with pytest.raises(ShapeError, match=r"^ddpm_vlb_term: expected `predicted_variance` of "

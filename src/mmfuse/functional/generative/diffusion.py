@@ -397,14 +397,14 @@ def ddpm_vlb_term(
     model_log_var = _learned_log_variance(beta, beta * (1 - abpb) / (1 - abb), vw)
     true_log_var = torch.log(torch.as_tensor(true_var, dtype=work, device=x0.device)
                              .clamp_min(1e-20)).expand_as(x0w)
-    flat = (batch, -1)
+    numel = math.prod(x0.shape[1:])
+    flat = (batch, numel)
     kl = gaussian_kl(true_mean.reshape(flat), true_log_var.reshape(flat),
                      model_mean.reshape(flat), model_log_var.reshape(flat))  # (B,) summed
     nll = -_discretized_gaussian_log_likelihood(x0w, model_mean, model_log_var)
     nll = nll.reshape(flat).sum(-1)  # (B,)
     first = abp >= 1 if isinstance(abp, Tensor) else torch.tensor(abp >= 1, device=x0.device)
-    numel = max(x0w[0].numel(), 1)
-    return torch.where(first, nll, kl) / (numel * math.log(2.0))
+    return torch.where(first, nll, kl) / (max(numel, 1) * math.log(2.0))
 
 
 # ----------------------------------------------------------------------------- x0 thresholding
