@@ -80,7 +80,12 @@ class DiffusionHead(nn.Module):
     residual conv blocks over images (C, H, W) or sequences (T, D) (convolving along T).
 
     Training (:meth:`loss`) draws ``t`` uniformly and the noise from N(0, I), and regresses
-    eps or v (``prediction``) with a mean squared error in float32 (at least).
+    eps or v (``prediction``) with a mean squared error in float32 (at least). With probability
+    ``cond_dropout`` a sample's condition is replaced by the learned null condition, which
+    gives the unconditional model used by classifier-free guidance at sampling time:
+    ``out = uncond + guidance_scale * (cond - uncond)`` (1 = plain conditional sampling, no
+    second pass). When the condition comes from :class:`ConditionEmbedding` with its own
+    ``cond_dropout``, set this one to 0 and pass that module's null condition as ``uncond``.
 
     ``variance_type="learned_range"`` (Improved DDPM, Nichol & Dhariwal 2021) makes the
     denoiser also predict the variance of each DDPM step: its output has twice the target's
@@ -91,12 +96,7 @@ class DiffusionHead(nn.Module):
     diffusers' ``DDPMScheduler(variance_type="learned_range")``, whose ``step`` accepts the
     output as is. :meth:`loss` then adds the variance term of the hybrid objective,
     ``L_simple + lambda L_vlb`` with lambda = 0.001 (``vlb_weight``), and ``sampler="ddpm"``
-    uses the learned variance; DDIM and DPM-Solver++ use only the prediction. With probability
-    ``cond_dropout`` a sample's condition is replaced by the learned null condition, which
-    gives the unconditional model used by classifier-free guidance at sampling time:
-    ``out = uncond + guidance_scale * (cond - uncond)`` (1 = plain conditional sampling, no
-    second pass). When the condition comes from :class:`ConditionEmbedding` with its own
-    ``cond_dropout``, set this one to 0 and pass that module's null condition as ``uncond``.
+    uses the learned variance; DDIM and DPM-Solver++ use only the prediction.
 
     The schedule is kept in float64 on the CPU and read as Python numbers while sampling, and the
     sampler's arithmetic runs in float32 at least; the denoiser runs in ``cond``'s dtype and
