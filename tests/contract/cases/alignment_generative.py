@@ -235,6 +235,31 @@ register(ContractCase(
     bad_inputs=diffusion_bad,
 ))
 register(ContractCase(
+    id="DiffusionHead-image-learned_range",
+    build=lambda **dd: excite(DiffusionHead((1, 4, 4), E, hidden_dim=16, num_blocks=1,
+                                            num_steps=50, variance_type="learned_range",
+                                            **dd)),
+    inputs=diffusion_inputs((1, 4, 4), 50),
+    out_shape=lambda b: (b, 2, 4, 4),
+    tensor_args=["x", "cond"],
+    empty_batch="empty",
+    grad_exempt=("null_cond",),
+    bad_inputs=diffusion_bad,
+))
+register(ContractCase(
+    id="DiffusionHead-sequence-unet-learned_range",
+    build=lambda **dd: excite(DiffusionHead((6, 3), E, hidden_dim=16, num_blocks=1,
+                                            num_steps=20, backbone="unet", unet_channels=8,
+                                            prediction="v", variance_type="learned_range",
+                                            **dd)),
+    inputs=diffusion_inputs((6, 3), 20),
+    out_shape=lambda b: (b, 12, 3),
+    tensor_args=["x", "cond"],
+    empty_batch="empty",
+    grad_exempt=("null_cond",),
+    bad_inputs=diffusion_bad,
+))
+register(ContractCase(
     id="DiffusionHead-sequence-unet-v",
     build=lambda **dd: excite(DiffusionHead((6, 3), E, hidden_dim=16, num_blocks=1,
                                             num_steps=20, backbone="unet", unet_channels=8,

@@ -243,8 +243,12 @@ def test_head_thresholding_and_option_errors() -> None:
     with pytest.raises(ValueError, match=r"^DiffusionHead: expected `clip_x0` or "
                        r"`dynamic_threshold_ratio`, not both\.$"):
         head.sample(cond, clip_x0=(-1.0, 1.0), dynamic_threshold_ratio=0.9)
-    with pytest.raises(ValueError, match=r"^DiffusionHead: unknown `variance_type` 'learned_range'"):
+    with pytest.raises(ValueError, match=r"^DiffusionHead: expected a head built with "
+                       r"variance_type='learned_range' to sample with it, got a head with "
+                       r"variance_type='fixed_small'\.$"):
         head.sample(cond, sampler="ddpm", variance_type="learned_range")
+    with pytest.raises(ValueError, match=r"^DiffusionHead: unknown `variance_type` 'learned'"):
+        head.sample(cond, sampler="ddpm", variance_type="learned")
     with pytest.raises(ValueError, match=r"^DiffusionHead: unknown `sampler` 'euler'; expected one "
                        r"of \['ddim', 'ddpm', 'dpmpp_2m'\]\.$"):
         head.sample(cond, sampler="euler")

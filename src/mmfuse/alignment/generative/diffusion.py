@@ -27,6 +27,7 @@ from ...functional import (
     classifier_free_guidance,
     ddim_step,
     ddpm_step,
+    ddpm_vlb_term,
     dpm_solver_2m_step,
     dynamic_threshold,
     predict_start,
@@ -50,7 +51,21 @@ BACKBONES = ("mlp", "unet")
 PREDICTIONS = ("eps", "v")
 SAMPLERS = ("ddim", "ddpm", "dpmpp_2m")
 SCHEDULES = ("linear", "cosine", "scaled_linear", "sigmoid")
-VARIANCE_TYPES = ("fixed_small", "fixed_large")
+VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
+VLB_WEIGHT = 1e-3  # lambda of Improved DDPM's hybrid objective
+
+
+def _widen_output(net: nn.Module, out_shape: tuple[int, ...], dd: dict[str, Any]) -> None:
+    """Give a denoiser twice the output channels along its first target axis (the prediction,
+    then the variance values), with its output layer re-created and zero-initialised."""
+    if isinstance(net, MLPDenoiser):
+        net.out = nn.Linear(net.out.in_features, 2 * net.numel, **dd)
+        net.target_shape = out_shape  # (B, 2 S0, *rest) after its reshape
+    else:
+        assert isinstance(net, UNetDenoiser)
+        conv = nn.Conv2d if net.image else nn.Conv1d
+        net.out = conv(net.out.in_channels, 2 * net.out.out_channels, 3, padding=1, **dd)
+    net.reset_parameters()  # type: ignore[operator]
 
 
 class DiffusionHead(nn.Module):
@@ -72,6 +87,17 @@ class DiffusionHead(nn.Module):
     second pass). When the condition comes from :class:`ConditionEmbedding` with its own
     ``cond_dropout``, set this one to 0 and pass that module's null condition as ``uncond``.
 
+    ``variance_type="learned_range"`` (Improved DDPM, Nichol & Dhariwal 2021) makes the
+    denoiser also predict the variance of each DDPM step: its output has twice the target's
+    first axis, ``(B, 2 S0, *rest)`` for a target ``(S0, *rest)``, the eps or v prediction
+    first and then one value v per target element, which sets the step's variance to
+    ``exp(frac log beta_t + (1 - frac) log beta-tilde_t)``, ``frac = (v + 1) / 2`` (see
+    :func:`mmfuse.functional.ddpm_variance`). This is the layout of guided-diffusion and of
+    diffusers' ``DDPMScheduler(variance_type="learned_range")``, whose ``step`` accepts the
+    output as is. :meth:`loss` then adds the variance term of the hybrid objective,
+    ``L_simple + lambda L_vlb`` with lambda = 0.001 (``vlb_weight``), and ``sampler="ddpm"``
+    uses the learned variance; DDIM and DPM-Solver++ use only the prediction.
+
     The schedule is kept in float64 on the CPU and read as Python numbers while sampling, and the
     sampler's arithmetic runs in float32 at least; the denoiser runs in ``cond``'s dtype and
     the result comes back on ``cond``'s device and dtype. With a ``generator`` (or ``noise``)
@@ -92,6 +118,9 @@ class DiffusionHead(nn.Module):
             a short chain still ends near pure noise; at ``num_steps=1000`` nothing changes).
             False gives diffusers' unscaled ``"linear"``.
         prediction: ``"eps"`` (noise) or ``"v"`` (Salimans & Ho) parameterisation.
+        variance_type: The DDPM sampler's default variance: ``"fixed_small"`` (the posterior
+            variance), ``"fixed_large"`` (beta), or ``"learned_range"`` (predicted by the
+            denoiser, which then has the extra output described above).
         cond_dropout: Probability of the null condition in :meth:`loss` (training mode).
         backbone: ``"mlp"`` or ``"unet"``.
         unet_channels: Width of the UNet (``backbone="unet"``).
@@ -101,7 +130,9 @@ class DiffusionHead(nn.Module):
     Shape:
         - forward: x: (B, *target_shape) noisy input; t: (B,) integer steps in [0, T);
           cond: (B, E); drop: (B,) bool, True = use the null condition
-        - output: (B, *target_shape) the predicted eps or v
+        - output: (B, *target_shape) the predicted eps or v; with
+          ``variance_type="learned_range"`` (B, 2 S0, *rest), the prediction concatenated
+          with the variance values along dim 1
 
     Example:
         >>> head = DiffusionHead((1, 8, 8), cond_dim=16, num_steps=100)
@@ -123,6 +154,7 @@ class DiffusionHead(nn.Module):
         beta_end: float | None = None,
         rescale_linear: bool = True,
         prediction: str = "eps",
+        variance_type: str = "fixed_small",
         cond_dropout: float = 0.1,
         backbone: str = "mlp",
         unet_channels: int = 64,
@@ -138,6 +170,7 @@ class DiffusionHead(nn.Module):
             check_size(value, owner=self, arg=arg)
         check_choice(schedule, SCHEDULES, owner=self, arg="schedule")
         check_choice(prediction, PREDICTIONS, owner=self, arg="prediction")
+        check_choice(variance_type, VARIANCE_TYPES, owner=self, arg="variance_type")
         check_choice(backbone, BACKBONES, owner=self, arg="backbone")
         check_size(unet_channels, owner=self, arg="unet_channels")
         if backbone == "unet":
@@ -163,6 +196,10 @@ class DiffusionHead(nn.Module):
         self.cond_dim, self.hidden_dim = int(cond_dim), int(hidden_dim)
         self.num_steps, self.schedule, self.prediction = int(num_steps), schedule, prediction
         self.cond_dropout = float(cond_dropout)
+        self.variance_type = variance_type
+        self.learn_variance = variance_type == "learned_range"
+        # what the denoiser returns: the prediction, then (learned_range) the variance values
+        self.output_shape = (2 * shape[0], *shape[1:]) if self.learn_variance else shape
         numel = 1
         for s in shape:
             numel *= s
@@ -186,6 +223,8 @@ class DiffusionHead(nn.Module):
         else:
             self.net = UNetDenoiser(shape, unet_channels, hidden_dim, num_blocks, levels or 0,
                                     **dd)
+        if self.learn_variance:
+            _widen_output(self.net, self.output_shape, dd)
         self.levels = levels
         self.reset_parameters()
 
@@ -219,7 +258,19 @@ class DiffusionHead(nn.Module):
     def _denoise(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         temb = timestep_embedding(t, self.hidden_dim).to(x.dtype)  # (B, H)
         emb = self.time_mlp(temb) + self.cond_proj(cond)  # (B, H)
-        return self.net(x, emb)  # (B, *target)
+        out = self.net(x, emb)  # (B, *output_shape); a UNet over sequences: (B, T, 2 D)
+        if self.learn_variance and self.backbone == "unet" and len(self.target_shape) == 2:
+            out = torch.cat(out.chunk(2, dim=-1), dim=1)  # (B, 2 T, D)
+        check_target(out, self.output_shape, owner=self, arg="denoiser output",
+                     batch=x.shape[0])
+        return out
+
+    def _split(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The denoiser output as (prediction, variance values or None)."""
+        if not self.learn_variance:
+            return out, None
+        pred, var = out.chunk(2, dim=1)
+        return pred, var
 
     # ------------------------------------------------------------------------- training
 
@@ -232,17 +283,37 @@ class DiffusionHead(nn.Module):
         t: Tensor | None = None,
         noise: Tensor | None = None,
         drop: Tensor | None = None,
+        vlb_weight: float | None = None,
     ) -> Tensor:
         """Denoising loss: mean squared error of the eps or v prediction, a scalar in float32
         (float64 for float64 inputs).
 
         ``t``, ``noise`` and ``drop`` default to random draws (from ``generator`` if given);
         the condition is dropped at rate ``cond_dropout`` only in training mode.
+
+        With ``variance_type="learned_range"`` this is Improved DDPM's hybrid objective
+        ``L_simple + vlb_weight * T * mean(L_t)``: ``L_t`` is
+        :func:`mmfuse.functional.ddpm_vlb_term` (bits per dimension) at the drawn steps with
+        the mean's gradient stopped, so it trains only the variance values (``T L_t``
+        estimates ``L_vlb``; ``vlb_weight`` defaults to the paper's 0.001). The decoder term
+        at ``t = 0`` is left out (it is 0): it assumes 8-bit data in [-1, 1], and the sampler
+        never uses the variance of the last step. ``vlb_weight=0`` trains the prediction
+        only. Heads with a fixed variance take no ``vlb_weight``.
         """
         batch = check_target(x0, self.target_shape, owner=self, arg="x0")
         check_loss_batch(batch, owner=self, arg="x0")
         self._check_cond(cond, batch)
         check_inputs(self, {"x0": x0, "cond": cond})
+        if vlb_weight is not None:
+            if not self.learn_variance:
+                raise ValueError(
+                    f"{owner_name(self)}: expected no `vlb_weight` for variance_type="
+                    f"{self.variance_type!r} (it weights the learned variance's term), "
+                    f"got {vlb_weight!r}."
+                )
+            check_positive(vlb_weight, owner=self, arg="vlb_weight", allow_zero=True)
+        weight = (VLB_WEIGHT if vlb_weight is None else float(vlb_weight)) \
+            if self.learn_variance else 0.0
         device, work = x0.device, torch.promote_types(x0.dtype, torch.float32)
         if t is None:
             t = (draw_uniform((batch,), device=device, generator=generator) * self.num_steps)
@@ -255,12 +326,20 @@ class DiffusionHead(nn.Module):
             check_target(noise, self.target_shape, owner=self, arg="noise", batch=batch)
         if drop is None and self.training and self.cond_dropout > 0:
             drop = draw_uniform((batch,), device=device, generator=generator) < self.cond_dropout
-        ab = self.alphas_bar.to(device=device, dtype=work)[t]  # (B,)
+        abar = self.alphas_bar.to(device=device, dtype=work)
+        ab = abar[t]  # (B,)
         x0f, noise = x0.to(work), noise.to(work)
         x_t = q_sample(x0f, noise, ab)
-        out = self(x_t.to(x0.dtype), t, cond, drop=drop).to(work)
+        out, var = self._split(self(x_t.to(x0.dtype), t, cond, drop=drop).to(work))
         target = noise if self.prediction == "eps" else v_target(x0f, noise, ab)
-        return (out - target).square().mean()
+        loss = (out - target).square().mean()
+        if var is None or weight == 0:
+            return loss
+        ab_prev = torch.where(t > 0, abar[(t - 1).clamp(min=0)], torch.ones_like(ab))  # (B,)
+        x0_pred, _ = predict_start(x_t, out.detach(), ab, self.prediction)  # the mean frozen
+        vlb = ddpm_vlb_term(x0f, x_t, x0_pred, ab, ab_prev, var)  # (B,) bits per dimension
+        vlb = torch.where(t > 0, vlb, torch.zeros_like(vlb))  # no decoder term at t = 0
+        return loss + weight * self.num_steps * vlb.mean()
 
     # ------------------------------------------------------------------------- sampling
 
@@ -279,18 +358,20 @@ class DiffusionHead(nn.Module):
         return list(dict.fromkeys(grid.tolist()))
 
     def _model_out(self, x: Tensor, t: int, cond: Tensor, uncond: Tensor | None,
-                   scale: float, work: torch.dtype) -> Tensor:
-        """Denoiser output at integer step ``t``, guided if ``scale != 1``, in ``work``."""
+                   scale: float, work: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        """Denoiser prediction at integer step ``t``, guided if ``scale != 1``, and the
+        variance values (learned_range; from the conditional pass), in ``work``."""
         batch = x.shape[0]
         x = x.to(cond.dtype)
         tt = torch.full((batch,), t, device=x.device, dtype=torch.long)
         if scale == 1.0:
-            return self._denoise(x, tt, cond).to(work)
+            return self._split(self._denoise(x, tt, cond).to(work))
         null = uncond.to(cond.dtype) if uncond is not None else \
             self.null_cond.to(cond.dtype).expand_as(cond)
         out = self._denoise(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, null]))
         c_out, u_out = out.to(work).chunk(2)
-        return classifier_free_guidance(c_out, u_out, scale)
+        (c_pred, c_var), (u_pred, _) = self._split(c_out), self._split(u_out)
+        return classifier_free_guidance(c_pred, u_pred, scale), c_var
 
     @torch.no_grad()
     def sample(
@@ -307,7 +388,7 @@ class DiffusionHead(nn.Module):
         clip_x0: tuple[float, float] | None = None,
         dynamic_threshold_ratio: float | None = None,
         threshold_max: float | None = None,
-        variance_type: str = "fixed_small",
+        variance_type: str | None = None,
     ) -> Tensor:
         """Generate one target per condition.
 
@@ -332,8 +413,11 @@ class DiffusionHead(nn.Module):
                 :func:`mmfuse.functional.dynamic_threshold`. Not together with ``clip_x0``.
             threshold_max: Upper bound of the threshold (None: no bound, as Imagen; diffusers'
                 ``sample_max_value``).
-            variance_type: ``"ddpm"`` only: ``"fixed_small"`` (the posterior variance, default)
-                or ``"fixed_large"`` (beta); see :func:`mmfuse.functional.ddpm_variance`.
+            variance_type: ``"ddpm"`` only: ``"fixed_small"`` (the posterior variance),
+                ``"fixed_large"`` (beta) or ``"learned_range"`` (the denoiser's, for a head
+                built with it); None: the head's ``variance_type``. See
+                :func:`mmfuse.functional.ddpm_variance`. With guidance, the variance values
+                come from the conditional pass.
 
         Returns:
             (B, *target_shape) on ``cond``'s device and dtype. No gradients are recorded.
@@ -357,7 +441,14 @@ class DiffusionHead(nn.Module):
                 f"{owner_name(self)}: expected `clip_x0` to be a (low, high) pair of numbers "
                 f"with low < high, got {clip_x0!r}."
             )
+        if variance_type is None:
+            variance_type = self.variance_type
         check_choice(variance_type, VARIANCE_TYPES, owner=self, arg="variance_type")
+        if variance_type == "learned_range" and not self.learn_variance:
+            raise ValueError(
+                f"{owner_name(self)}: expected a head built with variance_type='learned_range' "
+                f"to sample with it, got a head with variance_type={self.variance_type!r}."
+            )
         if dynamic_threshold_ratio is not None:
             if clip_x0 is not None:
                 raise ValueError(f"{owner_name(self)}: expected `clip_x0` or "
@@ -386,7 +477,7 @@ class DiffusionHead(nn.Module):
         for i, t in enumerate(ts):
             prev = ts[i + 1] if i + 1 < len(ts) else -1
             ab, ab_prev = self._ab[t], (self._ab[prev] if prev >= 0 else 1.0)
-            out = self._model_out(x, t, cond, uncond, guidance_scale, work)
+            out, var = self._model_out(x, t, cond, uncond, guidance_scale, work)
             x0, eps = predict_start(x, out, ab, self.prediction)
             if clip_x0 is not None or dynamic_threshold_ratio is not None:
                 x0 = x0.clamp(*clip_x0) if clip_x0 is not None else \
@@ -403,7 +494,9 @@ class DiffusionHead(nn.Module):
             else:
                 z = None if last else \
                     draw_normal(shape, device=device, dtype=work, generator=generator)
-                x = ddpm_step(x0, x, ab, ab_prev, z, variance_type=variance_type)
+                x = ddpm_step(x0, x, ab, ab_prev, z, variance_type=variance_type,
+                              predicted_variance=var if variance_type == "learned_range"
+                              else None)
         return x.to(dtype)
 
     @torch.no_grad()
@@ -428,7 +521,7 @@ class DiffusionHead(nn.Module):
         prev_ab, prev_t = 1.0, ts[0]
         for t in ts:
             # eps is read where the state is; the clean data is read at the first step.
-            out = self._model_out(x, prev_t, cond, uncond, guidance_scale, work)
+            out, _ = self._model_out(x, prev_t, cond, uncond, guidance_scale, work)
             x0_pred, eps = predict_start(x, out, self._ab[prev_t], self.prediction)
             if prev_ab == 1.0:
                 x0_pred = x
@@ -442,6 +535,8 @@ class DiffusionHead(nn.Module):
                 f"hidden_dim={self.hidden_dim}, backbone={self.backbone!r}, "
                 f"num_steps={self.num_steps}, "
                 f"schedule={self.schedule!r}, prediction={self.prediction!r}, "
+                + ("" if self.variance_type == "fixed_small" else
+                   f"variance_type={self.variance_type!r}, ")
                 + ("" if self.schedule != "linear" or self.rescale_linear else
                    "rescale_linear=False, ") +
                 f"cond_dropout={self.cond_dropout}")

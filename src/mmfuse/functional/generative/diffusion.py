@@ -28,6 +28,7 @@ from ..._checks import (
     check_size,
     check_tensor,
 )
+from .latent import gaussian_kl
 
 __all__ = [
     "alphas_cumprod",
@@ -37,6 +38,7 @@ __all__ = [
     "ddim_step",
     "ddpm_step",
     "ddpm_variance",
+    "ddpm_vlb_term",
     "dpm_solver_2m_step",
     "dynamic_threshold",
     "linear_beta_schedule",
@@ -300,11 +302,16 @@ def ddpm_variance(
     if variance_type == "fixed_large":
         return beta
     assert predicted is not None
+    return torch.exp(_learned_log_variance(beta, small, predicted))
+
+
+def _learned_log_variance(beta: Tensor | float, small: Tensor | float, predicted: Tensor) -> Tensor:
+    """``frac log beta + (1 - frac) log max(small, 1e-20)`` with ``frac = (predicted + 1) / 2``."""
     frac = (predicted + 1) / 2
     log_small = torch.log(torch.as_tensor(small, dtype=predicted.dtype,
                                           device=predicted.device).clamp_min(1e-20))
     log_beta = torch.log(torch.as_tensor(beta, dtype=predicted.dtype, device=predicted.device))
-    return torch.exp(frac * log_beta + (1 - frac) * log_small)
+    return frac * log_beta + (1 - frac) * log_small
 
 
 def ddpm_step(
@@ -328,6 +335,76 @@ def ddpm_step(
     if isinstance(var, Tensor) and var.dim() == 1:
         var = _bcast(var, x_t)
     return mean + _sqrt(var) * noise
+
+
+def _discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
+    """Elementwise log-probability of data in [-1, 1] quantised to 256 levels (bins of width
+    2/255 around each value, the two end bins reaching to -inf and +inf) under
+    N(mean, exp(log_var)): DDPM's decoder (Ho et al. 2020, eq. 13), in nats."""
+    inv_std = torch.exp(-0.5 * log_var)
+    centred = x - mean
+    upper = torch.special.ndtr(inv_std * (centred + 1 / 255))  # P(X <= x + 1/255)
+    lower_tail = torch.special.ndtr(-inv_std * (centred - 1 / 255))  # P(X >= x - 1/255)
+    mass = torch.where(x < -0.999, upper,
+                       torch.where(x > 0.999, lower_tail, upper - (1 - lower_tail)))
+    return torch.log(mass.clamp_min(1e-12))
+
+
+def ddpm_vlb_term(
+    x0: Tensor,
+    x_t: Tensor,
+    x0_pred: Tensor,
+    alpha_bar: Tensor | float,
+    alpha_bar_prev: Tensor | float,
+    predicted_variance: Tensor,
+) -> Tensor:
+    """One term ``L_t`` of the variational bound with a learned-range variance (Nichol &
+    Dhariwal 2021), per sample, in bits per dimension.
+
+    The model's step ``p(x_prev | x_t)`` is Gaussian with the mean of
+    ``q(x_prev | x_t, x0_pred)`` (:func:`posterior_mean_variance`) and the variance of
+    :func:`ddpm_variance` with ``"learned_range"`` and ``predicted_variance`` (v in [-1, 1]).
+    Where ``alpha_bar_prev < 1`` the term is ``KL(q(x_prev | x_t, x0) || p(x_prev | x_t))``
+    (the posterior's log-variance floored at log 1e-20, as :func:`ddpm_variance`); where
+    ``alpha_bar_prev == 1`` (the first step) it is the decoder's negative log-likelihood
+    ``-log p(x0 | x_1)``, DDPM's discretised Gaussian for data in [-1, 1] at 8 bits (bins of
+    width 2/255, the end bins open). Both are averaged over the non-batch dimensions and
+    divided by ``ln 2``, as the paper's code reports them.
+
+    For the hybrid objective ``L_simple + lambda L_vlb`` (lambda = 0.001), pass a detached
+    ``x0_pred``, so that this term trains only the variance, and estimate ``L_vlb`` by
+    ``T L_t`` at a uniform ``t``. Gradients flow to ``x0_pred`` and ``predicted_variance``.
+    Computed in float32 at least (float64 stays float64).
+
+    Shape: x0, x_t, x0_pred, predicted_variance: (B, *); alpha_bars: float, 0-d or (B,);
+    output: (B,).
+    """
+    owner = "ddpm_vlb_term"
+    batch = check_data(x0, owner=owner, arg="x0")
+    for arg, value in (("x_t", x_t), ("x0_pred", x0_pred),
+                       ("predicted_variance", predicted_variance)):
+        check_like(value, x0, owner=owner, arg=arg, ref_arg="x0")
+    _check_alpha(alpha_bar, x0, batch, owner=owner, arg="alpha_bar")
+    _check_alpha(alpha_bar_prev, x0, batch, owner=owner, arg="alpha_bar_prev")
+    work = torch.promote_types(x0.dtype, torch.float32)
+    x0w, xtw, predw, vw = (a.to(work) for a in (x0, x_t, x0_pred, predicted_variance))
+    ab = alpha_bar.to(work) if isinstance(alpha_bar, Tensor) else alpha_bar
+    abp = alpha_bar_prev.to(work) if isinstance(alpha_bar_prev, Tensor) else alpha_bar_prev
+    true_mean, true_var = posterior_mean_variance(x0w, xtw, ab, abp)
+    model_mean, _ = posterior_mean_variance(predw, xtw, ab, abp)
+    abb, abpb = _bcast(ab, vw), _bcast(abp, vw)
+    beta = 1 - abb / abpb
+    model_log_var = _learned_log_variance(beta, beta * (1 - abpb) / (1 - abb), vw)
+    true_log_var = torch.log(torch.as_tensor(true_var, dtype=work, device=x0.device)
+                             .clamp_min(1e-20)).expand_as(x0w)
+    numel = math.prod(x0.shape[1:])
+    flat = (batch, numel)
+    kl = gaussian_kl(true_mean.reshape(flat), true_log_var.reshape(flat),
+                     model_mean.reshape(flat), model_log_var.reshape(flat))  # (B,) summed
+    nll = -_discretized_gaussian_log_likelihood(x0w, model_mean, model_log_var)
+    nll = nll.reshape(flat).sum(-1)  # (B,)
+    first = abp >= 1 if isinstance(abp, Tensor) else torch.tensor(abp >= 1, device=x0.device)
+    return torch.where(first, nll, kl) / (max(numel, 1) * math.log(2.0))
 
 
 # ----------------------------------------------------------------------------- x0 thresholding

@@ -1,0 +1,146 @@
+"""ddpm_vlb_term (Improved DDPM's variational-bound term with a learned-range variance) against
+a naive float64 reference written element by element from the paper's formulas."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmfuse import ShapeError
+from mmfuse.functional import ddpm_variance, ddpm_vlb_term
+
+
+def naive_term(x0, x_t, x0_pred, ab, abp, v) -> float:
+    """L_t of one sample in bits per dimension, from Python floats.
+
+    Posterior of a (strided) step, DDPM eq. 6-7: beta = 1 - ab / abp,
+    mu = sqrt(abp) beta / (1 - ab) x0 + sqrt(1 - beta) (1 - abp) / (1 - ab) x_t,
+    beta-tilde = beta (1 - abp) / (1 - ab). Learned range (Improved DDPM eq. 15):
+    log sigma^2 = frac log beta + (1 - frac) log beta-tilde, frac = (v + 1) / 2, beta-tilde
+    floored at 1e-20. t > 0: KL of two Gaussians; t = 0: -log of the discretised Gaussian's
+    mass on x0's bin (DDPM eq. 13, data in [-1, 1], bins 2/255 wide, the end bins open).
+    """
+    beta = 1 - ab / abp
+    small = max(beta * (1 - abp) / (1 - ab), 1e-20)
+    total = 0.0
+    for a, xt, p, vv in zip(x0, x_t, x0_pred, v):
+        mu_q = math.sqrt(abp) * beta / (1 - ab) * a + math.sqrt(1 - beta) * (1 - abp) / (1 - ab) * xt
+        mu_p = math.sqrt(abp) * beta / (1 - ab) * p + math.sqrt(1 - beta) * (1 - abp) / (1 - ab) * xt
+        frac = (vv + 1) / 2
+        lv_p = frac * math.log(beta) + (1 - frac) * math.log(small)
+        if abp < 1:
+            lv_q = math.log(small)
+            total += 0.5 * (-1 + lv_p - lv_q + math.exp(lv_q - lv_p)
+                            + (mu_q - mu_p) ** 2 * math.exp(-lv_p))
+        else:
+            sd = math.exp(0.5 * lv_p)
+
+            def cdf(z: float) -> float:
+                return 0.5 * (1 + math.erf(z / math.sqrt(2)))
+
+            up, lo = cdf((a + 1 / 255 - mu_p) / sd), cdf((a - 1 / 255 - mu_p) / sd)
+            mass = up if a < -0.999 else (1 - lo if a > 0.999 else up - lo)
+            total += -math.log(max(mass, 1e-12))
+    return total / len(x0) / math.log(2)
+
+
+def batch(seed: int = 0, shape=(5, 2, 3), dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    # 8-bit data in [-1, 1], with values at both ends (the open bins)
+    x0 = (torch.randint(0, 256, shape, generator=g) / 127.5 - 1).to(dtype)
+    x0.view(shape[0], -1)[:, 0], x0.view(shape[0], -1)[:, 1] = -1.0, 1.0
+    x_t = torch.randn(shape, generator=g, dtype=dtype)
+    x0_pred = x0 + 0.05 * torch.randn(shape, generator=g, dtype=dtype)
+    v = torch.rand(shape, generator=g, dtype=dtype) * 2 - 1
+    return x0, x_t, x0_pred, v
+
+
+def test_matches_the_paper_formulas_per_sample() -> None:
+    x0, x_t, x0_pred, v = batch()
+    ab = torch.tensor([0.3, 0.05, 0.9, 0.97, 0.6], dtype=torch.float64)
+    abp = torch.tensor([0.4, 0.2, 0.95, 1.0, 1.0], dtype=torch.float64)  # two first steps
+    v[3:] = 0.8 + 0.2 * v[3:].abs()  # near beta at t = 0, where the bins are resolved
+    got = ddpm_vlb_term(x0, x_t, x0_pred, ab, abp, v)
+    assert got.shape == (5,) and got.dtype == torch.float64
+    want = torch.tensor([naive_term(x0[i].reshape(-1).tolist(), x_t[i].reshape(-1).tolist(),
+                                    x0_pred[i].reshape(-1).tolist(), float(ab[i]),
+                                    float(abp[i]), v[i].reshape(-1).tolist())
+                         for i in range(5)], dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert bool((want > 0).all())
+    # a number for the alpha_bars gives the same as a full column of it
+    for i in (0, 3):
+        one = ddpm_vlb_term(x0[i:i + 1], x_t[i:i + 1], x0_pred[i:i + 1], float(ab[i]),
+                            float(abp[i]), v[i:i + 1])
+        torch.testing.assert_close(one, got[i:i + 1], rtol=1e-12, atol=0)
+
+
+def test_kl_vanishes_at_the_true_posterior_and_grows_away_from_it() -> None:
+    x0, x_t, _, _ = batch(1)
+    ab, abp = 0.4, 0.5
+    small = torch.full_like(x0, -1.0)  # v = -1: the posterior variance itself
+    zero = ddpm_vlb_term(x0, x_t, x0, ab, abp, small)
+    torch.testing.assert_close(zero, torch.zeros(5, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert bool((ddpm_vlb_term(x0, x_t, x0, ab, abp, small + 0.5) > 1e-4).all())
+    assert bool((ddpm_vlb_term(x0, x_t, x0 + 0.1, ab, abp, small) > 1e-4).all())
+
+
+def test_gradients_against_finite_differences() -> None:
+    x0, x_t, x0_pred, v = batch(2, shape=(3, 4))
+    ab = torch.tensor([0.2, 0.7, 0.9], dtype=torch.float64)
+    abp = torch.tensor([0.3, 0.8, 1.0], dtype=torch.float64)
+    x0_pred.requires_grad_(True)
+    v = (0.5 + 0.4 * v).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda p, w: ddpm_vlb_term(x0, x_t, p, ab, abp, w),
+                                    (x0_pred, v))
+
+
+def test_learned_variance_is_the_one_of_ddpm_variance() -> None:
+    # the model's log-variance in the term is that of the sampler: with x0_pred = x0 the KL
+    # reduces to the variance part, 0.5 (r - 1 - log r) per element, r = small / var
+    x0, x_t, _, v = batch(3, shape=(2, 6))
+    ab, abp = 0.25, 0.45
+    var = ddpm_variance(ab, abp, "learned_range", v)
+    assert isinstance(var, torch.Tensor)
+    beta = 1 - ab / abp
+    r = beta * (1 - abp) / (1 - ab) / var
+    want = (0.5 * (r - 1 - r.log())).mean(-1) / math.log(2)
+    torch.testing.assert_close(ddpm_vlb_term(x0, x_t, x0, ab, abp, v), want)
+
+
+@pytest.mark.parametrize("dtype, want", [(torch.float32, torch.float32),
+                                         (torch.bfloat16, torch.float32),
+                                         (torch.float64, torch.float64)])
+def test_dtype_and_device_follow_the_inputs(dtype, want) -> None:
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    x0, x_t, x0_pred, v = batch(4, shape=(2, 3))
+    ref = ddpm_vlb_term(x0, x_t, x0_pred, 0.5, 0.6, v)
+    for device in devices:
+        args = [a.to(device=device, dtype=dtype) for a in (x0, x_t, x0_pred, v)]
+        got = ddpm_vlb_term(*args[:3], torch.tensor([0.5, 0.5], device=device),
+                            torch.tensor([0.6, 0.6], device=device), args[3])
+        assert got.dtype == want and got.device.type == device
+        tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+        torch.testing.assert_close(got.double().cpu(), ref, rtol=tol, atol=tol)
+
+
+def test_empty_batch() -> None:
+    x0, x_t, x0_pred, v = (a[:0] for a in batch(6, shape=(2, 3)))
+    assert ddpm_vlb_term(x0, x_t, x0_pred, 0.5, 1.0, v).shape == (0,)
+
+
+def test_argument_errors() -> None:
+    x0, x_t, x0_pred, v = batch(5, shape=(2, 3))
+    with pytest.raises(ShapeError, match=r"^ddpm_vlb_term: expected `predicted_variance` of "
+                       r"shape \(2, 3\) like `x0`, got \(2, 6\)\.$"):
+        ddpm_vlb_term(x0, x_t, x0_pred, 0.5, 0.6, torch.cat([v, v], 1))
+    with pytest.raises(ShapeError, match=r"^ddpm_vlb_term: expected `x0_pred` of shape "
+                       r"\(2, 3\) like `x0`, got \(3,\)\.$"):
+        ddpm_vlb_term(x0, x_t, x0_pred[0], 0.5, 0.6, v)
+    with pytest.raises(ValueError, match=r"^ddpm_vlb_term: expected `alpha_bar_prev` in "
+                       r"\(0, 1\], got 1\.5\.$"):
+        ddpm_vlb_term(x0, x_t, x0_pred, 0.5, 1.5, v)
+    with pytest.raises(ShapeError, match=r"^ddpm_vlb_term: expected `alpha_bar` of shape "):
+        ddpm_vlb_term(x0, x_t, x0_pred, torch.tensor([0.5, 0.5, 0.5]), 0.6, v)
