@@ -223,7 +223,7 @@ def test_errors() -> None:
         DiffusionHead(4, E, variance_type="learned")
     # a denoiser whose output misses the variance values is refused
     head.net.out = torch.nn.Linear(16, head.numel)
-    head.net.target_shape = head.target_shape
+    head.net.out_shape = head.target_shape
     with pytest.raises(ShapeError, match=r"^DiffusionHead: expected `denoiser output` of shape "
                        r"\(B, C, H, W\) with C=2, H=4, W=4, B=2, got \(2, 1, 4, 4\)\.$"):
         head(torch.randn(2, 1, 4, 4), torch.tensor([1, 2]), c)

@@ -27,21 +27,23 @@ def default_levels(spatial: tuple[int, ...], most: int = 2) -> int:
 class MLPDenoiser(nn.Module):
     """Residual MLP over the flattened target (any target shape; small targets).
 
-    Shape: x: (B, *target); emb: (B, H); output like x.
+    Shape: x: (B, *target); emb: (B, H); output (B, out_factor * S0, *rest) for a target
+    (S0, *rest) (like x with the default ``out_factor=1``).
     """
 
     def __init__(self, target_shape: tuple[int, ...], hidden: int, num_blocks: int,
-                 **dd: Any) -> None:
+                 out_factor: int = 1, **dd: Any) -> None:
         super().__init__()
         numel = 1
         for s in target_shape:
             numel *= s
-        self.numel, self.target_shape = numel, target_shape
+        self.numel = numel
+        self.out_shape = (out_factor * target_shape[0], *target_shape[1:])
         self.inp = nn.Linear(numel, hidden, **dd)
         self.blocks = nn.ModuleList(MLPBlock(hidden, hidden, **dd) for _ in range(num_blocks))
         self.out_norm = nn.LayerNorm(hidden, elementwise_affine=False, **dd)
         self.out_mod = nn.Linear(hidden, 2 * hidden, **dd)
-        self.out = nn.Linear(hidden, numel, **dd)
+        self.out = nn.Linear(hidden, out_factor * numel, **dd)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -59,7 +61,7 @@ class MLPDenoiser(nn.Module):
             h = block(h, emb)
         shift, scale = self.out_mod(nn.functional.silu(emb)).chunk(2, dim=-1)  # (B, H) each
         h = self.out_norm(h) * (1 + scale) + shift
-        return self.out(h).reshape(batch, *self.target_shape)  # (B, *target)
+        return self.out(h).reshape(batch, *self.out_shape)  # (B, *out_shape)
 
 
 class UNetDenoiser(nn.Module):
@@ -73,7 +75,7 @@ class UNetDenoiser(nn.Module):
     """
 
     def __init__(self, target_shape: tuple[int, ...], channels: int, emb_dim: int,
-                 num_blocks: int, levels: int, **dd: Any) -> None:
+                 num_blocks: int, levels: int, out_factor: int = 1, **dd: Any) -> None:
         super().__init__()
         self.image = len(target_shape) == 3
         sd = 2 if self.image else 1
@@ -96,7 +98,7 @@ class UNetDenoiser(nn.Module):
         self.up_blocks = nn.ModuleList(block() for _ in range(levels * num_blocks))
         self.out_norm = nn.GroupNorm(norm_groups(channels), channels, affine=False, **dd)
         self.out_mod = nn.Linear(emb_dim, 2 * channels, **dd)
-        self.out = conv(channels, in_ch, 3, padding=1, **dd)
+        self.out = conv(channels, out_factor * in_ch, 3, padding=1, **dd)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -55,19 +55,6 @@ VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
 VLB_WEIGHT = 1e-3  # lambda of Improved DDPM's hybrid objective
 
 
-def _widen_output(net: nn.Module, out_shape: tuple[int, ...], dd: dict[str, Any]) -> None:
-    """Give a denoiser twice the output channels along its first target axis (the prediction,
-    then the variance values), with its output layer re-created and zero-initialised."""
-    if isinstance(net, MLPDenoiser):
-        net.out = nn.Linear(net.out.in_features, 2 * net.numel, **dd)
-        net.target_shape = out_shape  # (B, 2 S0, *rest) after its reshape
-    else:
-        assert isinstance(net, UNetDenoiser)
-        conv = nn.Conv2d if net.image else nn.Conv1d
-        net.out = conv(net.out.in_channels, 2 * net.out.out_channels, 3, padding=1, **dd)
-    net.reset_parameters()  # type: ignore[operator]
-
-
 class DiffusionHead(nn.Module):
     """Conditional denoising diffusion over a target (vector, sequence or image), with DDPM,
     DDIM and DPM-Solver++(2M) sampling and classifier-free guidance.
@@ -218,13 +205,14 @@ class DiffusionHead(nn.Module):
         self.null_cond = nn.Parameter(torch.empty(cond_dim, **dd))
         self.backbone = backbone
         self.net: nn.Module
+        # learned_range: twice the output channels along the first target axis (the
+        # prediction, then the variance values)
+        factor = 2 if self.learn_variance else 1
         if backbone == "mlp":
-            self.net = MLPDenoiser(shape, hidden_dim, num_blocks, **dd)
+            self.net = MLPDenoiser(shape, hidden_dim, num_blocks, factor, **dd)
         else:
             self.net = UNetDenoiser(shape, unet_channels, hidden_dim, num_blocks, levels or 0,
-                                    **dd)
-        if self.learn_variance:
-            _widen_output(self.net, self.output_shape, dd)
+                                    factor, **dd)
         self.levels = levels
         self.reset_parameters()
 
