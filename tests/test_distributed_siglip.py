@@ -5,7 +5,8 @@ the single-process SigLIPLoss on the concatenated batch (float64, 1e-10 relative
   embeddings get the single-process gradient of their rows, and the scale's and the bias's
   gradients sum over ranks to the single-process ones;
 - ``grad_reduction="mean"``: every rank returns the single-process loss, and the gradients
-  averaged over ranks (what DDP does) are the single-process ones;
+  averaged over ranks (what DDP does) are the single-process ones, and under
+  DistributedDataParallel itself every parameter's gradient (encoders, scale, bias) is;
 
 and inputs that disagree across ranks raising on every rank.
 """
@@ -78,6 +79,44 @@ def run_case(index: int, rank: int | None) -> dict[str, Any]:
             "bias": zero(m.logit_bias.grad, m.logit_bias)}
 
 
+DDP_SIZES = {2: [5, 2], 3: [3, 0, 4]}
+
+
+class Pair(torch.nn.Module):
+    """Two linear encoders and the loss, wrapped in DDP together (scale and bias are
+    parameters)."""
+
+    def __init__(self, gather: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)  # the same parameters on every rank and in the single process
+        self.image = torch.nn.Linear(4, D, dtype=torch.float64)
+        self.audio = torch.nn.Linear(3, D, dtype=torch.float64)
+        self.loss = SigLIPLoss(gather=gather, grad_reduction="mean" if gather else "sum",
+                               dtype=torch.float64)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.image(x), self.audio(y))
+
+
+def run_ddp(rank: int | None, sizes: list[int]) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient after one backward: under DistributedDataParallel (its
+    average over ranks) with ``rank``, or one process on the whole batch with None."""
+    g = torch.Generator().manual_seed(len(sizes))
+    x = torch.randn(sum(sizes), 4, generator=g, dtype=torch.float64)
+    y = torch.randn(sum(sizes), 3, generator=g, dtype=torch.float64)
+    model: torch.nn.Module = Pair(gather=rank is not None)
+    if rank is not None:
+        start = sum(sizes[:rank])
+        x, y = x[start:start + sizes[rank]], y[start:start + sizes[rank]]
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    loss = model(x, y)
+    loss.backward()
+    named = model.module if rank is not None else model
+    out = {k: p.grad.detach().clone() for k, p in named.named_parameters()}
+    out["loss"] = loss.detach()
+    return out
+
+
 def run_error(rank: int, world: int, case: str) -> Any:
     g = torch.Generator().manual_seed(rank)
     a, b = torch.randn(3, D, generator=g), torch.randn(3, D, generator=g)
@@ -105,6 +144,10 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
                     results[name] = run_case(i, rank)
                 except Exception as exc:  # kept for the test to show
                     results[name] = (type(exc).__name__, str(exc))
+        try:
+            results["ddp"] = run_ddp(rank, DDP_SIZES[world])
+        except Exception as exc:
+            results["ddp"] = (type(exc).__name__, str(exc))
         for case in ERRORS:
             try:
                 run_error(rank, world, case)
@@ -151,6 +194,19 @@ def test_gathered_siglip_equals_the_single_process_loss(index: int) -> None:
     for arg in ("a", "b"):
         got = torch.cat([r[arg] for r in ranks]) / factor
         assert got.shape == want[arg].shape and _rel(got, want[arg]) < 1e-10, arg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", sorted(DDP_SIZES))
+def test_under_ddp_every_gradient_is_the_single_process_one(world: int) -> None:
+    """DistributedDataParallel itself averages the gradients: both encoders, the scale and
+    the bias end up with the single-process gradients, with no arithmetic in the loop."""
+    want = run_ddp(None, DDP_SIZES[world])
+    assert {"loss.logit_scale", "loss.logit_bias", "image.weight"} <= set(want)
+    for r, res in enumerate(run_world(world)):
+        assert isinstance(res["ddp"], dict), res["ddp"]
+        for k, g in want.items():
+            assert g.abs().max() > 1e-3 and _rel(res["ddp"][k], g) < 1e-10, (r, k)
 
 
 SAME = {
