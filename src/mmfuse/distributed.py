@@ -1,15 +1,16 @@
 """torch.distributed helpers: a differentiable all-gather for uneven batches, and the gathered
-losses behind ``InfoNCELoss(gather=True)`` and ``SupConLoss(gather=True)``.
+losses behind ``InfoNCELoss(gather=True)``, ``SupConLoss(gather=True)`` and
+``SigLIPLoss(gather=True)``.
 
 Gradient scaling of the gathered loss. Each rank computes the loss of its *own* anchors (its
-rows of ``a`` against every rank's ``b``, and its rows of ``b`` against every rank's ``a``)
-divided by the *global* number of anchors. So, over ranks:
+rows of ``a`` against every rank's ``b``, and its rows of ``b`` against every rank's ``a``;
+SigLIP has the first direction only) divided by the *global* number of anchors. So, over ranks:
 
 - the losses sum to the single-process loss on the concatenated batch, and
 - because :func:`all_gather_with_grad` sums the incoming gradients of every rank in its backward,
   each rank's embeddings receive exactly the single-process gradient of their rows, and the
   gradients of any parameter (the encoder's, the logit scale) sum over ranks to the
-  single-process gradient.
+  single-process gradient (the SigLIP bias too).
 
 ``DistributedDataParallel`` (and FSDP) *average* gradients over ranks, which would divide the
 single-process gradient by the world size (open_clip's local-loss convention differs by exactly
@@ -38,7 +39,13 @@ from torch import distributed as dist
 
 from ._checks import check_batched, check_choice, check_tensor, format_shape, owner_name
 from .errors import ShapeError
-from .functional.contrastive import REDUCTIONS, _weighted_mean, info_nce_terms, make_pairs
+from .functional.contrastive import (
+    REDUCTIONS,
+    _siglip,
+    _weighted_mean,
+    info_nce_terms,
+    make_pairs,
+)
 from .functional.contrastive._checks import (
     _check_pair_inputs,
     _check_positives,
@@ -49,6 +56,7 @@ from .functional.contrastive._checks import (
 from .functional.contrastive._common import _anchor_weights
 from .functional.contrastive._negatives import _check_negatives, _info_nce_negatives
 from .functional.contrastive._rows import _rows
+from .functional.contrastive._siglip import _siglip_dense, _TiledSigLIP
 from .functional.contrastive.supcon import (
     VARIANTS,
     _check_options,
@@ -62,6 +70,7 @@ __all__ = [
     "gather_sizes",
     "info_nce_gathered",
     "is_distributed",
+    "siglip_gathered",
     "supcon_gathered",
 ]
 
@@ -528,3 +537,101 @@ def supcon_gathered(
     if grad_reduction == "mean":
         loss = _as_global_loss(loss, group)
     return loss.to(torch.promote_types(features.dtype, scale.dtype))
+
+
+def _describe_siglip(extra: tuple[int, ...]) -> str:
+    positives, weights, reduction = extra
+    w = ("None", "a float tensor", "a bool tensor")[weights]
+    text = f"positives {'given' if positives else 'None'}, weights {w}"
+    if reduction:  # named only where it is not the default
+        r = _REDUCTIONS[reduction] if 0 <= reduction < len(_REDUCTIONS) else "invalid"
+        text += f", grad_reduction {r!r}"
+    return text
+
+
+def siglip_gathered(
+    a: Tensor,
+    b: Tensor,
+    scale: Tensor,
+    bias: Tensor,
+    *,
+    normalize: bool = True,
+    positives: Tensor | None = None,
+    weights: Tensor | None = None,
+    chunk_size: int | str | None = "auto",
+    owner: object = "siglip_gathered",
+    group: Any = None,
+    grad_reduction: str = "sum",
+) -> Tensor:
+    """This rank's share of the SigLIP loss of the batch gathered from every rank
+    (:func:`~mmfuse.functional.siglip_loss`; ``SigLIPLoss(gather=True)``).
+
+    Only ``b`` is gathered: the local rows of ``a`` are the queries, scored against the keys
+    ``b`` of every rank (positives: the matching rows of the global batch, or equal group ids
+    across ranks). The sum of their pair terms is divided by the global number (weight) of
+    queries, as ``siglip_loss`` divides by the batch size, so the shares sum over ranks to
+    ``siglip_loss`` on the concatenated batch, and so do the gradients of the embeddings, the
+    scale and the bias (as for :func:`info_nce_gathered`). Above 1024 global rows (or with an
+    int ``chunk_size``) the local (B_r, sum B) block runs tiled, in memory O(B_r * tile).
+
+    ``positives`` may be None or (B_r,) group ids (gathered with the keys); a (B, B) matrix
+    raises, as a rank does not know the other ranks' columns. ``weights`` are gathered too (a
+    zero weight removes the sample as a query and as a key on every rank). Ranks may hold
+    uneven or empty batches; every rank must pass ``positives`` and ``weights`` alike and the
+    same ``grad_reduction``, else every rank raises. ``grad_reduction="mean"``: every rank
+    returns the global loss, with gradients that DDP's averaging turns into the single-process
+    ones. Without a process group this is ``siglip_loss`` (any ``positives``).
+
+    Shape:
+        - a, b: (B_r, D) on rank r; positives, weights: (B_r,)
+        - scale, bias: () tensors
+        - output: () scalar
+    """
+    distributed = is_distributed(group)
+    error: BaseException | None = None
+    inp: _Inputs | None = None
+    try:
+        check_choice(grad_reduction, _REDUCTIONS, owner=owner, arg="grad_reduction")
+        if distributed:
+            inp = _check_inputs(a, b, positives, weights, "both", owner=owner, allow_empty=True)
+    except (TypeError, ValueError) as exc:
+        if not distributed:
+            raise
+        error = exc
+    if not distributed:
+        return _siglip(a, b, scale, bias, normalize=normalize, positives=positives,
+                       weights=weights, chunk_size=chunk_size, owner=owner)
+    options = (int(positives is not None), _weights_code(weights),
+               _REDUCTIONS.index(grad_reduction) if grad_reduction in _REDUCTIONS else -1)
+    b_all, sizes = _gather(b, group=group, owner=owner, arg="b", error=error, extra=options,
+                           extra_text=_describe_siglip)
+    assert inp is not None  # an error was raised on every rank above
+    rank = dist.get_rank(group)
+    n, offset, total = sizes[rank], sum(sizes[:rank]), sum(sizes)
+    if total == 0:
+        raise ValueError(
+            f"{owner_name(owner)}: expected at least one row of `a` and `b` across the ranks, "
+            f"got B=0 on every rank."
+        )
+    if positives is not None:
+        groups_k = _gather(positives, group=group, owner=owner, arg="positives")[0]
+        pairs = make_pairs(n, total, groups_q=positives, groups_k=groups_k)
+    else:
+        pairs = make_pairs(n, total, offset=offset)
+    w_all = None if inp.weights is None else _gather(inp.weights.detach(), group=group,
+                                                     owner=owner, arg="weights")[0]
+    v_all = None if w_all is None else (w_all if w_all.dtype == torch.bool else w_all != 0)
+    tile = _tile_size(chunk_size, n, total, owner=owner) if n else None
+    if tile is None:
+        per_row = _siglip_dense(a, b_all, scale, bias, pairs, inp.valid, v_all, normalize)
+    else:
+        cfg = {"pairs": pairs, "vq": inp.valid, "vk": v_all, "tile": tile,
+               "normalize": normalize}
+        per_row = _TiledSigLIP.apply(a, b_all, scale, bias, cfg)
+    w = torch.ones_like(per_row) if inp.weights is None else inp.weights.to(per_row.dtype)
+    loss = _global_mean((w * per_row).sum(), w.sum(), group)
+    if grad_reduction == "mean":
+        loss = _as_global_loss(loss, group)
+    out_dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype),
+                                    torch.promote_types(scale.dtype, bias.dtype))
+    return loss.to(out_dtype)

@@ -42,6 +42,15 @@ def _check_learnable_bounds(learnable: bool, min_scale: float | None, max_scale:
         )
 
 
+def _check_grad_reduction(gather: bool, grad_reduction: object, *, owner: object) -> None:
+    check_choice(grad_reduction, _GRAD_REDUCTIONS, owner=owner, arg="grad_reduction")
+    if grad_reduction == "mean" and not gather:
+        raise ValueError(
+            f"{owner_name(owner)}: expected gather=True with grad_reduction='mean' (without "
+            f"gathering, each rank's loss is already its own batch's mean), got gather=False."
+        )
+
+
 def _clamped_exp(log_scale: Tensor, min_scale: float | None, max_scale: float | None) -> Tensor:
     """``exp(log_scale)`` clamped functionally to [min_scale, max_scale] (either may be None)."""
     if max_scale is not None:
@@ -62,12 +71,7 @@ class _ScaledLoss(nn.Module):
                     max_scale: float | None, gather: bool, grad_reduction: str,
                     device: torch.device | str | None, dtype: torch.dtype | None) -> None:
         check_positive(temperature, owner=self, arg="temperature")
-        check_choice(grad_reduction, _GRAD_REDUCTIONS, owner=self, arg="grad_reduction")
-        if grad_reduction == "mean" and not gather:
-            raise ValueError(
-                f"{owner_name(self)}: expected gather=True with grad_reduction='mean' (without "
-                f"gathering, each rank's loss is already its own batch's mean), got gather=False."
-            )
+        _check_grad_reduction(gather, grad_reduction, owner=self)
         _check_bounds(min_scale, max_scale, owner=self)
         _check_learnable_bounds(learnable, min_scale, max_scale, owner=self)
         self.temperature = float(temperature)
@@ -225,6 +229,17 @@ class SigLIPLoss(nn.Module):
     ``[min_scale, max_scale]`` (no bound by default, as in the paper); the bias is stored as is.
     Above 1024 rows the loss runs tiled: training memory O(B * tile), not O(B^2).
 
+    With ``gather=True`` and an initialised ``torch.distributed`` process group, ``b`` is
+    gathered from every rank (batch sizes may differ) and each rank computes the sigmoid loss
+    of its own rows of ``a`` against every rank's ``b``, divided by the global batch size: the
+    losses of all ranks sum to the single-process loss on the concatenated batch, and so do the
+    gradients of the embeddings, the scale and the bias (see
+    :func:`mmfuse.distributed.siglip_gathered`). ``grad_reduction="mean"`` is for
+    ``DistributedDataParallel`` and FSDP, which average gradients: every rank returns the
+    global loss and DDP's averaged gradient is the single-process one, as for
+    :class:`InfoNCELoss`. Gathered, ``positives`` may be (B,) group ids, not a matrix.
+    Without a process group, ``gather`` changes nothing.
+
     Args:
         scale: Initial logit scale (the paper: 10).
         bias: Initial logit bias (the paper: -10).
@@ -233,10 +248,17 @@ class SigLIPLoss(nn.Module):
         min_scale: Lower bound of the scale, or None.
         normalize: L2-normalise the embeddings first.
         chunk_size: ``"auto"``/None (tiled above 1024 rows) or an int tile size.
+        gather: Gather ``b`` across ``torch.distributed`` ranks when a process group is
+            initialised.
+        grad_reduction: How the training loop reduces gradients over ranks with ``gather=True``:
+            ``"sum"`` (each rank returns its share; shares and gradients sum to the
+            single-process ones) or ``"mean"`` (DDP and FSDP: every rank returns the global
+            loss, and DDP's averaged gradient is the single-process gradient).
 
     Shape:
         - a, b: (B, D), paired by row, B >= 1
-        - positives: (B,) integer group ids or (B, B) bool, optional; weights: (B,)
+        - positives: (B,) integer group ids or (B, B) bool (not with a gather across ranks),
+          optional; weights: (B,)
         - output: () scalar
 
     Example:
@@ -255,11 +277,14 @@ class SigLIPLoss(nn.Module):
         min_scale: float | None = None,
         normalize: bool = True,
         chunk_size: int | str | None = "auto",
+        gather: bool = False,
+        grad_reduction: str = "sum",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         check_positive(scale, owner=self, arg="scale")
+        _check_grad_reduction(gather, grad_reduction, owner=self)
         if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
             raise ValueError(f"SigLIPLoss: expected `bias` to be a finite number, got {bias!r}.")
         _check_bounds(min_scale, max_scale, owner=self)
@@ -269,6 +294,8 @@ class SigLIPLoss(nn.Module):
         self.max_scale, self.min_scale = max_scale, min_scale
         self.normalize = bool(normalize)
         self.chunk_size = chunk_size
+        self.gather = bool(gather)
+        self.grad_reduction = grad_reduction
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
         if self.learnable:
             self.logit_scale = nn.Parameter(torch.empty((), **dd))
@@ -292,9 +319,15 @@ class SigLIPLoss(nn.Module):
                 weights: Tensor | None = None) -> Tensor:
         check_inputs(self, {"a": a, "b": b, "positives": positives, "weights": weights},
                      dtype=False)
-        loss = _siglip(a, b, self.scale, self.logit_bias, normalize=self.normalize,
-                       positives=positives, weights=weights, chunk_size=self.chunk_size,
-                       owner=self)
+        kw: dict[str, Any] = {"normalize": self.normalize, "positives": positives,
+                              "weights": weights, "chunk_size": self.chunk_size, "owner": self}
+        if self.gather:
+            from .. import distributed
+
+            if distributed.is_distributed():
+                return precise_output(distributed.siglip_gathered(
+                    a, b, self.scale, self.logit_bias, grad_reduction=self.grad_reduction, **kw))
+        loss = _siglip(a, b, self.scale, self.logit_bias, **kw)
         return precise_output(loss)  # float32 under autocast
 
     if TYPE_CHECKING:  # calls are typed as forward (nn.Module's __call__ returns Any)
@@ -304,5 +337,6 @@ class SigLIPLoss(nn.Module):
         return (
             f"scale={self.init_scale}, bias={self.init_bias}, learnable={self.learnable}, "
             f"max_scale={self.max_scale}, min_scale={self.min_scale}, "
-            f"normalize={self.normalize}, chunk_size={self.chunk_size!r}"
+            f"normalize={self.normalize}, chunk_size={self.chunk_size!r}, gather={self.gather}"
+            + (f", grad_reduction={self.grad_reduction!r}" if self.gather else "")
         )
