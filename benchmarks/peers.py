@@ -306,7 +306,7 @@ def torchmetrics_rows(t: Table, seeds: list[int], quick: bool) -> None:
                 scores = q @ gal.T
                 relevant = ql[:, None] == gl[None, :]
                 index = torch.arange(n)[:, None].expand(n, m)
-                skip = {"empty_target_action": "skip"}
+                skip: dict[str, Any] = {"empty_target_action": "skip"}
                 theirs = {"hit_rate@5": tm.RetrievalHitRate(top_k=5, **skip),
                           "recall@5": tm.RetrievalRecall(top_k=5, **skip),
                           "precision@5": tm.RetrievalPrecision(top_k=5, **skip),
@@ -393,9 +393,9 @@ def librosa_rows(t: Table, seeds: list[int], quick: bool) -> None:
     from mmfuse.functional import log_mel_spectrogram, mel_filterbank, mfcc, power_to_db
 
     dist = "librosa"
-    like = {"mel_scale": "slaney", "norm": "slaney", "pad_mode": "constant"}
+    like: dict[str, Any] = {"mel_scale": "slaney", "norm": "slaney", "pad_mode": "constant"}
     signals = list(waveforms(seeds, 1 if quick else 10))
-    db_options = [{}, {"ref": "max"}, {"top_db": None}, {"top_db": 40.0, "amin": 1e-5}]
+    db_options: list[dict[str, Any]] = [{}, {"ref": "max"}, {"top_db": None}, {"top_db": 40.0, "amin": 1e-5}]
     for dtype, tol in ((np.float64, 1e-4), (np.float32, 1e-3)):
         name = np.dtype(dtype).name
         db = t.row("Log-mel, decibels (ref, amin, top_db)", dist,
@@ -424,8 +424,9 @@ def librosa_rows(t: Table, seeds: list[int], quick: bool) -> None:
                     "feature.melspectrogram", "float64", ("rel", 1e-7),
                     f"{LIBROSA}::test_framing_and_mel_scales_match_librosa")
     for y, sr in signals:
-        for center, pad in ((True, "reflect"), (True, "constant"), (True, "edge"),
-                            (False, "constant")):
+        pads: list[tuple[bool, Any]] = [(True, "reflect"), (True, "constant"), (True, "edge"),
+                                        (False, "constant")]
+        for center, pad in pads:
             for htk in (True, False):
                 want = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=256, hop_length=80,
                                                       n_mels=32, center=center, pad_mode=pad,
@@ -578,7 +579,7 @@ def diffusers_rows(t: Table, seeds: list[int], quick: bool) -> None:
             cond = torch.randn(3, 4, generator=gen(seed + 100))
             noise = torch.randn(3, 6, generator=gen(seed + 200))
             ts = head.timesteps(10)
-            common = {"num_train_timesteps": 100, "trained_betas": head.betas.float().tolist(),
+            common: dict[str, Any] = {"num_train_timesteps": 100, "trained_betas": head.betas.float().tolist(),
                       "prediction_type": pred_type[prediction]}
             for sampler in ("dpmpp_2m", "ddpm"):
                 if sampler == "dpmpp_2m":
@@ -594,8 +595,8 @@ def diffusers_rows(t: Table, seeds: list[int], quick: bool) -> None:
                 with torch.no_grad():
                     for step in ts:
                         out = head(x, torch.full((3,), step), cond)
-                        kw = {"generator": g} if sampler == "ddpm" else {}
-                        x = sched.step(out, step, x, **kw).prev_sample
+                        draw: dict[str, Any] = {"generator": g} if sampler == "ddpm" else {}
+                        x = sched.step(out, step, x, **draw).prev_sample
                 head_row.add(got, x)
 
 
