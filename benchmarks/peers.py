@@ -35,6 +35,15 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the comparison loops shared with the tests
+from _peers import (  # noqa: E402
+    ddpm_steps,
+    dpm_solver_steps,
+    random_head,
+    scheduler_loop,
+    torchmetrics_per_query,
+)
+
 FSDD = Path(os.environ.get("MMFUSE_FSDD", ROOT.parent / "shared" / "data" / "fsdd"))
 F32, F64 = torch.float32, torch.float64
 SUPCON = "tests/functional/contrastive/test_supcon.py"
@@ -222,24 +231,6 @@ def info_nce_rows(t: Table, seeds: list[int], quick: bool) -> None:
 
 # --- torchmetrics and scikit-learn ---------------------------------------------------------
 
-def per_query_torchmetrics(sim: torch.Tensor, rel: torch.Tensor, ks: list[int]) -> dict[str, float]:
-    from torchmetrics.functional import retrieval as tmr
-
-    rows = [i for i in range(sim.shape[0]) if rel[i].any()]
-
-    def mean(fn: Any, **kw: Any) -> float:
-        return float(np.mean([float(fn(sim[i], rel[i], **kw)) for i in rows]))
-
-    out = {"mrr": mean(tmr.retrieval_reciprocal_rank),
-           "mAP": mean(tmr.retrieval_average_precision)}
-    for k in ks:
-        out[f"hit_rate@{k}"] = mean(tmr.retrieval_hit_rate, top_k=k)
-        out[f"recall@{k}"] = mean(tmr.retrieval_recall, top_k=k)
-        out[f"precision@{k}"] = mean(tmr.retrieval_precision, top_k=k)
-        out[f"ndcg@{k}"] = mean(tmr.retrieval_normalized_dcg, top_k=k)
-    return out
-
-
 def untied_in_float32(sim: torch.Tensor) -> bool:
     """No two scores of a row equal once cast to float32 (as torchmetrics casts them)."""
     ordered = sim.float().sort(dim=1).values
@@ -281,7 +272,7 @@ def torchmetrics_rows(t: Table, seeds: list[int], quick: bool) -> None:
                 rel[::7] = False  # queries without a relevant item: left out by both
                 ks = [1, 3, 10, m + 10]
                 got = retrieval_metrics(sim, positives=rel, ks=ks, chunk_size=6)
-                for key, value in per_query_torchmetrics(sim, rel, ks).items():
+                for key, value in torchmetrics_per_query(sim, rel, ks).items():
                     row.add(got[key], value)
                 ints = torch.randint(1, 4, (n, 12), generator=g).to(dtype)
                 rel = torch.rand(n, 12, generator=g) < 0.3
@@ -462,14 +453,7 @@ def librosa_rows(t: Table, seeds: list[int], quick: bool) -> None:
 def diffusers_rows(t: Table, seeds: list[int], quick: bool) -> None:
     import diffusers
 
-    from mmfuse.alignment import DiffusionHead
-    from mmfuse.functional import (
-        beta_schedule,
-        ddpm_step,
-        dpm_solver_2m_step,
-        dynamic_threshold,
-        predict_start,
-    )
+    from mmfuse.functional import beta_schedule
 
     dist = "diffusers"
     pred_type = {"eps": "epsilon", "v": "v_prediction"}
@@ -497,9 +481,6 @@ def diffusers_rows(t: Table, seeds: list[int], quick: bool) -> None:
                      f"{DIFFUSERS}::test_ddpm_steps_match_diffusers")
     shapes = [(3, 2, 4, 4)] if quick else [(3, 2, 4, 4), (8, 3, 16, 16)]
 
-    def fake_model(x: torch.Tensor, step: int) -> torch.Tensor:
-        return 1.5 * torch.sin(3 * x + step / 100)
-
     for seed in seeds:
         for shape in shapes:
             for variance in ("fixed_small", "fixed_large", "learned_range"):
@@ -512,31 +493,11 @@ def diffusers_rows(t: Table, seeds: list[int], quick: bool) -> None:
                             thresholding=policy == "threshold", dynamic_thresholding_ratio=0.9,
                             sample_max_value=2.5, prediction_type=pred_type[prediction])
                         sched.set_timesteps(20)
-                        ab_all = sched.alphas_cumprod.double()
                         g = gen(seed)
                         x = torch.randn(*shape, generator=g)
-                        for step in sched.timesteps.tolist():
-                            out = fake_model(x, step)
-                            v = torch.rand(x.shape, generator=g) * 2 - 1
-                            model_out = torch.cat([out, v], 1) if variance == "learned_range" else out
-                            want = sched.step(model_out, step, x,
-                                              generator=gen(step + 1000 * seed))
-                            prev = sched.previous_timestep(step)
-                            ab = float(ab_all[step])
-                            ab_prev = float(ab_all[prev]) if prev >= 0 else 1.0
-                            x0, _ = predict_start(x.double(), out.double(), ab, prediction)
-                            if policy == "clip":
-                                x0 = x0.clamp(-1, 1)
-                            elif policy == "threshold":
-                                x0 = dynamic_threshold(x0, 0.9, 2.5)
-                            x0_row.add(x0.float(), want.pred_original_sample)
-                            z = (torch.randn(x.shape, generator=gen(step + 1000 * seed)).double()
-                                 if step > 0 else None)
-                            got = ddpm_step(x0, x.double(), ab, ab_prev, z, variance_type=variance,
-                                            predicted_variance=(v.double() if variance == "learned_range"
-                                                                else None))
-                            step_row.add(got.float(), want.prev_sample)
-                            x = want.prev_sample
+                        for x0, want_x0, got, want in ddpm_steps(sched, x, g, 1000 * seed):
+                            x0_row.add(x0, want_x0)
+                            step_row.add(got, want)
     solver = t.row("Diffusion: DPM-Solver++(2M) step", dist, "DPMSolverMultistepScheduler.step",
                    mixed, ("rel", 1e-5),
                    f"{DIFFUSERS}::test_dpm_solver_2m_matches_diffusers_step_by_step")
@@ -549,38 +510,21 @@ def diffusers_rows(t: Table, seeds: list[int], quick: bool) -> None:
                                 prediction_type=pred_type[prediction], thresholding=threshold,
                                 dynamic_thresholding_ratio=0.95, sample_max_value=1.5)
                     sched.set_timesteps(steps)
-                    ab_all = sched.alphas_cumprod.double()
-                    ts = sched.timesteps.tolist()
                     x = torch.randn(3, 2, 5, generator=gen(seed))
-                    history: tuple[Any, Any] = (None, None)
-                    for i, step in enumerate(ts):
-                        out = fake_model(x, step)
-                        want = sched.step(out, step, x).prev_sample
-                        ab = float(ab_all[step])
-                        ab_prev = float(ab_all[ts[i + 1]]) if i + 1 < len(ts) else 1.0
-                        x0, _ = predict_start(x.double(), out.double(), ab, prediction)
-                        if threshold:
-                            x0 = dynamic_threshold(x0, 0.95, 1.5)
-                        solver.add(dpm_solver_2m_step(x.double(), x0, ab, ab_prev, *history).float(),
-                                   want)
-                        history = (x0, ab)
-                        x = want
+                    for got, want in dpm_solver_steps(sched, x):
+                        solver.add(got, want)
     head_row = t.row("Diffusion: DiffusionHead sampling (DPM-Solver++ 2M, DDPM), 10 steps", dist,
                      "DPMSolverMultistepScheduler / DDPMScheduler loop", "float32", ("rel", 1e-4),
                      f"{DIFFUSERS}::test_head_samplers_match_a_diffusers_loop")
     for seed in seeds:
         for prediction in ("eps", "v"):
-            torch.manual_seed(seed)
-            head = DiffusionHead(6, 4, hidden_dim=16, num_blocks=1, num_steps=100,
-                                 schedule="scaled_linear", beta_start=0.001, beta_end=0.03,
-                                 prediction=prediction).eval()
-            for p in head.net.parameters():  # away from AdaLN-zero's identity start
-                torch.nn.init.normal_(p, std=0.3)
+            head = random_head(prediction, seed)
             cond = torch.randn(3, 4, generator=gen(seed + 100))
             noise = torch.randn(3, 6, generator=gen(seed + 200))
             ts = head.timesteps(10)
-            common: dict[str, Any] = {"num_train_timesteps": 100, "trained_betas": head.betas.float().tolist(),
-                      "prediction_type": pred_type[prediction]}
+            common: dict[str, Any] = {"num_train_timesteps": 100,
+                                      "trained_betas": head.betas.float().tolist(),
+                                      "prediction_type": pred_type[prediction]}
             for sampler in ("dpmpp_2m", "ddpm"):
                 if sampler == "dpmpp_2m":
                     sched = dpm(**common)
@@ -591,13 +535,8 @@ def diffusers_rows(t: Table, seeds: list[int], quick: bool) -> None:
                     got = head.sample(cond, sampler=sampler, steps=10, noise=noise,
                                       variance_type="fixed_large", generator=gen(seed + 300))
                 sched.set_timesteps(timesteps=ts)
-                x, g = noise.clone(), gen(seed + 300)
-                with torch.no_grad():
-                    for step in ts:
-                        out = head(x, torch.full((3,), step), cond)
-                        draw: dict[str, Any] = {"generator": g} if sampler == "ddpm" else {}
-                        x = sched.step(out, step, x, **draw).prev_sample
-                head_row.add(got, x)
+                head_row.add(got, scheduler_loop(head, sched, cond, noise, gen(seed + 300)
+                                                 if sampler == "ddpm" else None))
 
 
 GROUPS: list[tuple[str, str, Callable[[Table, list[int], bool], None]]] = [
