@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import inspect
 import json
 import os
 import sys
@@ -453,6 +454,7 @@ def librosa_rows(t: Table, seeds: list[int], quick: bool) -> None:
 def diffusers_rows(t: Table, seeds: list[int], quick: bool) -> None:
     import diffusers
 
+    from mmfuse.alignment import DiffusionHead
     from mmfuse.functional import beta_schedule
 
     dist = "diffusers"
@@ -537,6 +539,46 @@ def diffusers_rows(t: Table, seeds: list[int], quick: bool) -> None:
                 sched.set_timesteps(timesteps=ts)
                 head_row.add(got, scheduler_loop(head, sched, cond, noise, gen(seed + 300)
                                                  if sampler == "ddpm" else None))
+    if "variance_type" in inspect.signature(DiffusionHead).parameters:
+        learned_rows(t, seeds, quick)
+
+
+def learned_rows(t: Table, seeds: list[int], quick: bool) -> None:
+    """DiffusionHead(variance_type="learned_range"): its DDPM sampler, guided or not, against
+    DDPMScheduler(variance_type="learned_range") around the same denoiser."""
+    import diffusers
+
+    from mmfuse.alignment import DiffusionHead
+
+    row = t.row("Diffusion: DiffusionHead learned-range DDPM sampling, guided, 10 steps",
+                "diffusers", "DDPMScheduler(variance_type='learned_range') loop", "float32",
+                ("rel", 1e-5), "tests/alignment/generative/test_diffusion_learned_range.py"
+                "::test_ddpm_sampler_matches_diffusers_learned_range")
+    cases = [((2, 4, 4), "mlp"), ((6, 3), "unet")]
+    for seed in seeds:
+        for shape, backbone in cases if quick else [*cases, ((2, 8, 4), "unet"), ((7,), "mlp")]:
+            for prediction in ("eps", "v"):
+                torch.manual_seed(seed)
+                head = DiffusionHead(shape, 5, backbone=backbone, hidden_dim=16, num_blocks=1,
+                                     num_steps=100, unet_channels=8, prediction=prediction,
+                                     variance_type="learned_range", schedule="scaled_linear",
+                                     beta_start=0.001, beta_end=0.03).eval()
+                g = gen(seed)
+                with torch.no_grad():  # random values in the zero-initialised layers
+                    for p in head.parameters():
+                        if not p.any():
+                            p.normal_(0.0, 0.3, generator=g)
+                cond = torch.randn(3, 5, generator=gen(seed + 100))
+                noise = torch.randn(3, *shape, generator=gen(seed + 200))
+                sched = diffusers.DDPMScheduler(
+                    num_train_timesteps=100, trained_betas=head.betas.float().tolist(),
+                    prediction_type={"eps": "epsilon", "v": "v_prediction"}[prediction],
+                    clip_sample=False, variance_type="learned_range")
+                sched.set_timesteps(timesteps=head.timesteps(10))
+                for scale in (1.0, 2.5):
+                    got = head.sample(cond, sampler="ddpm", steps=10, noise=noise,
+                                      guidance_scale=scale, generator=gen(seed + 300))
+                    row.add(got, scheduler_loop(head, sched, cond, noise, gen(seed + 300), scale))
 
 
 GROUPS: list[tuple[str, str, Callable[[Table, list[int], bool], None]]] = [

@@ -115,13 +115,25 @@ def random_head(prediction: str, seed: int = 0) -> DiffusionHead:
 
 
 def scheduler_loop(head: DiffusionHead, sched: Any, cond: torch.Tensor, noise: torch.Tensor,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None,
+                   guidance_scale: float = 1.0) -> torch.Tensor:
     """Samples with a diffusers scheduler (timesteps set) around ``head``'s denoiser, from
-    ``noise``; ``generator`` feeds the scheduler's step noise (DDPM)."""
+    ``noise``; ``generator`` feeds the scheduler's step noise (DDPM). With guidance the
+    prediction is uncond + scale (cond - uncond), ``head.null_cond`` as the unconditional
+    input; a learned-range scheduler gets the conditional pass's variance values beside it."""
     x = noise.clone()
     draw = {} if generator is None else {"generator": generator}
+    learned = sched.config.get("variance_type") == "learned_range"
+    null = head.null_cond.expand(len(cond), -1)
     with torch.no_grad():
         for t in sched.timesteps.tolist():
-            out = head(x, torch.full((len(x),), t), cond)
+            steps = torch.full((len(x),), t)
+            out = head(x, steps, cond)
+            if guidance_scale != 1.0:
+                pred, rest = out.chunk(2, dim=1) if learned else (out, None)
+                base = head(x, steps, null)
+                base = base.chunk(2, dim=1)[0] if learned else base
+                pred = base + guidance_scale * (pred - base)
+                out = pred if rest is None else torch.cat([pred, rest], dim=1)
             x = sched.step(out, t, x, **draw).prev_sample
     return x
