@@ -12,6 +12,7 @@ import torch
 from sklearn.metrics import average_precision_score
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from _peers import torchmetrics_per_query
 from mmfuse import ShapeError
 from mmfuse.metrics import RetrievalMetrics, retrieval_metrics
 
@@ -182,24 +183,6 @@ def test_hit_rate_and_recall_differ_with_several_positives():
     assert out["precision@2"] == 0.5
 
 
-def _torchmetrics_per_query(sim: torch.Tensor, rel: torch.Tensor, ks) -> dict[str, float]:
-    tmr = pytest.importorskip("torchmetrics.functional.retrieval")
-    rows = [i for i in range(sim.shape[0]) if rel[i].any()]
-
-    def mean(fn: Any, **kw: Any) -> float:
-        return float(np.mean([float(fn(sim[i], rel[i], **kw)) for i in rows]))
-
-    out: dict[str, float] = {}
-    for k in ks:
-        out[f"hit_rate@{k}"] = mean(tmr.retrieval_hit_rate, top_k=k)
-        out[f"recall@{k}"] = mean(tmr.retrieval_recall, top_k=k)
-        out[f"precision@{k}"] = mean(tmr.retrieval_precision, top_k=k)
-        out[f"ndcg@{k}"] = mean(tmr.retrieval_normalized_dcg, top_k=k)
-    out["mrr"] = mean(tmr.retrieval_reciprocal_rank)
-    out["mAP"] = mean(tmr.retrieval_average_precision)
-    return out
-
-
 def test_matches_torchmetrics_functional_with_several_positives():
     # torchmetrics ignores relevant items scored <= 0 in recall, precision, MRR and AP (and
     # orders ties by position): compare on positive scores without ties.
@@ -210,7 +193,8 @@ def test_matches_torchmetrics_functional_with_several_positives():
     rel[1, :] = True
     ks = (1, 3, 10, 60)
     got = retrieval_metrics(sim, positives=rel, ks=ks, chunk_size=6)
-    want = _torchmetrics_per_query(sim, rel, ks)
+    pytest.importorskip("torchmetrics.functional.retrieval")
+    want = torchmetrics_per_query(sim, rel, ks)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=1e-6), key  # torchmetrics: float32
 

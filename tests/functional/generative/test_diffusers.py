@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 
+from _peers import ddpm_steps, dpm_solver_steps, random_head, scheduler_loop
 from mmfuse.alignment import DiffusionHead
 from mmfuse.functional import (
     alphas_cumprod,
@@ -24,7 +25,6 @@ from mmfuse.functional import (
     dpm_solver_2m_step,
     dynamic_threshold,
     linear_beta_schedule,
-    predict_start,
     scaled_linear_beta_schedule,
     sigmoid_beta_schedule,
 )
@@ -71,10 +71,6 @@ def test_linear_rescaling_is_explicit() -> None:
     assert "rescale_linear=False" in repr(head)
 
 
-def _fake_model(x: torch.Tensor, t: int) -> torch.Tensor:
-    return torch.sin(3 * x + t / 100) * 1.5
-
-
 @pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large", "learned_range"])
 @pytest.mark.parametrize("x0_policy", [None, "clip", "threshold"])
 @pytest.mark.parametrize("prediction", ["eps", "v"])
@@ -85,29 +81,12 @@ def test_ddpm_steps_match_diffusers(variance_type, x0_policy, prediction) -> Non
                  dynamic_thresholding_ratio=0.9, sample_max_value=2.5,
                  prediction_type=PRED[prediction])
     sched.set_timesteps(20)
-    ab_all = sched.alphas_cumprod.double()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 2, 4, 4, generator=g)
-    for t in sched.timesteps.tolist():
-        out = _fake_model(x, t)
-        v = torch.rand(x.shape, generator=g) * 2 - 1  # a learned-range output in [-1, 1]
-        model_out = torch.cat([out, v], 1) if variance_type == "learned_range" else out
-        want = sched.step(model_out, t, x, generator=torch.Generator().manual_seed(t))
-        prev = sched.previous_timestep(t)
-        ab, ab_prev = float(ab_all[t]), float(ab_all[prev]) if prev >= 0 else 1.0
-        x0, _ = predict_start(x.double(), out.double(), ab, prediction)
-        if x0_policy == "clip":
-            x0 = x0.clamp(-1, 1)
-        elif x0_policy == "threshold":
-            x0 = dynamic_threshold(x0, 0.9, 2.5)
-        torch.testing.assert_close(x0.float(), want.pred_original_sample, rtol=1e-5, atol=1e-5)
-        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(t)) if t > 0 else None
-        got = ddpm_step(x0, x.double(), ab, ab_prev, None if z is None else z.double(),
-                        variance_type=variance_type,
-                        predicted_variance=v.double() if variance_type == "learned_range" else None)
-        scale = float(want.prev_sample.abs().max())
-        torch.testing.assert_close(got.float(), want.prev_sample, rtol=0, atol=1e-5 * scale)
-        x = want.prev_sample
+    for x0, want_x0, got, want in ddpm_steps(sched, x, g):  # mmfuse beside diffusers, per step
+        torch.testing.assert_close(x0, want_x0, rtol=1e-5, atol=1e-5)
+        scale = float(want.abs().max())
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * scale)
 
 
 def test_ddpm_variance_closed_forms() -> None:
@@ -154,23 +133,10 @@ def test_dpm_solver_2m_matches_diffusers_step_by_step(steps, prediction, thresho
                 beta_end=0.012, prediction_type=PRED[prediction], thresholding=threshold,
                 dynamic_thresholding_ratio=0.95, sample_max_value=1.5)
     sched.set_timesteps(steps)
-    ab_all = sched.alphas_cumprod.double()
-    ts = sched.timesteps.tolist()
     x = torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(2))  # diffusers' threshold wants (B, C, ...)
-    history = None
-    for i, t in enumerate(ts):
-        out = _fake_model(x, t)
-        want = sched.step(out, t, x).prev_sample
-        ab = float(ab_all[t])
-        ab_prev = float(ab_all[ts[i + 1]]) if i + 1 < len(ts) else 1.0
-        x0, _ = predict_start(x.double(), out.double(), ab, prediction)
-        if threshold:
-            x0 = dynamic_threshold(x0, 0.95, 1.5)
-        got = dpm_solver_2m_step(x.double(), x0, ab, ab_prev, *(history or (None, None)))
-        history = (x0, ab)
+    for got, want in dpm_solver_steps(sched, x):  # mmfuse beside diffusers, per step
         scale = float(want.abs().max())
-        torch.testing.assert_close(got.float(), want, rtol=0, atol=1e-5 * scale)
-        x = want
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * scale)
 
 
 def test_dpm_solver_2m_first_step_is_ddim_and_batched_alphas() -> None:
@@ -194,13 +160,7 @@ def test_dpm_solver_2m_first_step_is_ddim_and_batched_alphas() -> None:
 
 
 def _head(prediction: str) -> DiffusionHead:
-    torch.manual_seed(0)
-    head = DiffusionHead(6, 4, hidden_dim=16, num_blocks=1, num_steps=100,
-                         schedule="scaled_linear", beta_start=0.001, beta_end=0.03,
-                         prediction=prediction).eval()
-    for p in head.net.parameters():  # leave AdaLN-zero's identity start: a non-trivial model
-        torch.nn.init.normal_(p, std=0.3)
-    return head
+    return random_head(prediction, seed=0)  # a non-trivial denoiser
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v"])
@@ -222,12 +182,8 @@ def test_head_samplers_match_a_diffusers_loop(prediction, sampler) -> None:
     sched.set_timesteps(timesteps=ts)
     # with `noise` given the head draws only the steps' noise from its generator, in order, as
     # diffusers' DDPM step does from the same seed
-    x, gen = x_t.clone(), torch.Generator().manual_seed(6)
-    with torch.no_grad():
-        for t in ts:
-            out = head(x, torch.full((3,), t), cond)
-            kw = {"generator": gen} if sampler == "ddpm" else {}
-            x = sched.step(out, t, x, **kw).prev_sample
+    x = scheduler_loop(head, sched, cond, x_t,
+                       torch.Generator().manual_seed(6) if sampler == "ddpm" else None)
     scale = float(x.abs().max())
     torch.testing.assert_close(got, x, rtol=0, atol=1e-4 * scale)
 
