@@ -552,7 +552,7 @@ def learned_rows(t: Table, seeds: list[int], quick: bool) -> None:
 
     row = t.row("Diffusion: DiffusionHead learned-range DDPM sampling, guided, 10 steps",
                 "diffusers", "DDPMScheduler(variance_type='learned_range') loop", "float32",
-                ("rel", 1e-5), "tests/alignment/generative/test_diffusion_learned_range.py"
+                ("rel", 3e-5), "tests/alignment/generative/test_diffusion_learned_range.py"
                 "::test_ddpm_sampler_matches_diffusers_learned_range")
     cases = [((2, 4, 4), "mlp"), ((6, 3), "unet")]
     for seed in seeds:

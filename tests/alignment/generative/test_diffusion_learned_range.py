@@ -2,14 +2,16 @@
 output, the DDPM sampler against diffusers' DDPMScheduler(variance_type="learned_range"), the
 hybrid loss, and the other samplers unchanged.
 
-Tolerance against diffusers: 1e-5 relative to the sample's scale (diffusers keeps its schedule
-in float32, the head in float64; the 10-step samplers differ by up to 4.3e-6 measured)."""
+Tolerance against diffusers: 3e-5 relative to the sample's scale (diffusers keeps its schedule
+in float32, the head in float64; the 10-step samplers differ by up to 9.1e-6 over
+``benchmarks/peers.py``'s seeds, and the head's own float32 and float64 runs by 2.4e-6)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from _peers import scheduler_loop
 from mmfuse import ShapeError
 from mmfuse.alignment import DiffusionHead
 from mmfuse.functional import alphas_cumprod, beta_schedule, ddpm_vlb_term, predict_start, v_target
@@ -118,18 +120,9 @@ def test_ddpm_sampler_matches_diffusers_learned_range(prediction, shape, backbon
                                     prediction_type=PRED[prediction], clip_sample=False,
                                     variance_type="learned_range")
     sched.set_timesteps(timesteps=ts)
-    x, g = x_t.clone(), gen(6)
-    null = head.null_cond.expand(3, E)
-    with torch.no_grad():
-        for t in ts:
-            tt = torch.full((3,), t)
-            out = head(x, tt, cond)  # (B, 2 S0, ...): passed to diffusers as it is
-            if scale != 1.0:  # guided prediction, variance values of the conditional pass
-                pred, var = out.chunk(2, dim=1)
-                uncond_pred = head(x, tt, null).chunk(2, dim=1)[0]
-                out = torch.cat([uncond_pred + scale * (pred - uncond_pred), var], dim=1)
-            x = sched.step(out, t, x, generator=g).prev_sample
-    torch.testing.assert_close(got, x, rtol=0, atol=1e-5 * float(x.abs().max()))
+    # the conditional pass's variance values beside the guided prediction, as the head does
+    x = scheduler_loop(head, sched, cond, x_t, gen(6), guidance_scale=scale)
+    torch.testing.assert_close(got, x, rtol=0, atol=3e-5 * float(x.abs().max()))
 
 
 # ----------------------------------------------------------------------------- loss
