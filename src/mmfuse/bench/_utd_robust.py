@@ -135,7 +135,7 @@ def summarise_robustness(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any
                          "score": _mean_std([run["rows"][i]["score"] for run in runs]),
                          "drop": _mean_std([run["rows"][i]["drop"] for run in runs])})
         scales = {m: _mean_std([run["scales"][m] for run in runs])["mean"]
-                  for m in runs[0]["scales"]}
+                  for m in SENSORS if all(m in run["scales"] for run in runs)}
         out[name] = {"rows": rows, "scales": scales}
     return out
 
