@@ -172,10 +172,10 @@ def plot_tables(robust: Mapping[str, Any], out: Path, *, seeds: Sequence[int],
     for name, res in robust.items():
         rows = [RobustnessRow(r["kind"], r["perturbation"], r["modality"], r["severity"],
                               r["score"]["mean"], r["drop"]["mean"]) for r in res["rows"]]
-        tab = RobustnessTable(rows, rows[0].score, "test accuracy, mean over seeds (noise std "
-                              "and L-inf budget in units of the sensor's std)",
+        tab = RobustnessTable(rows, rows[0].score, "test accuracy (mean over seeds)",
                               dict(res["scales"]))
-        fig = plot_robustness(tab, title=f"UTD-MHAD {name}, seeds {list(seeds)}")
+        fig = plot_robustness(tab, title=f"UTD-MHAD {name}, seeds {list(seeds)}; noise std "
+                                         "and budgets in sensor stds")
         path = out / f"robustness-{name.replace('+', '-')}.png"
         fig.savefig(path, dpi=dpi)
         paths.append(path)
