@@ -131,3 +131,102 @@ def test_augmented_batches_keep_the_sensors_aligned() -> None:
         ends = [float(batch["times"][m][b, int(batch["mask"][m][b].sum()) - 1])
                 for m in ("inertial", "skeleton")]
         assert abs(ends[0] - ends[1]) < 0.15
+
+
+def _count(acc: float, n: int) -> int:
+    """An accuracy as the number of correct test samples (float32 and float64 agree)."""
+    return round(acc * n)
+
+
+@pytest.mark.slow
+def test_quick_robustness_run_agrees_with_the_benchmark(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    robust = ["attention+dropout", "decision_product"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmfuse.cli", "bench", "utd-mhad", "--data-dir", str(UTD),
+         "--quick", "--seeds", "0", "--threads", "1", "--models", *robust, "--robustness",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    n = len(res["test_labels"])
+    acc = res["accuracy"]
+    # --models trains the named models and the single-sensor models they build on, only.
+    assert list(acc) == ["inertial", "skeleton", "depth", *robust]
+    assert list(res["robustness"]) == robust
+    sensors = ["inertial", "skeleton", "depth"]
+    for name in robust:
+        rows = res["runs"][0][name]["robustness"]["rows"]
+        kinds = [(r["kind"], r["perturbation"], r["modality"], r["severity"]) for r in rows]
+        # clean, 6 absent subsets, per sensor noise 1.0 and dropout 0.5, per sensor
+        # FGSM and PGD at budgets 0 and 0.1 (the quick grid).
+        assert kinds[:7] == [("clean", "none", "-", None)] + [
+            ("absent", "absent", p, None) for p in acc[name]["absent"]]
+        assert len(rows) == 1 + 6 + 3 * 2 + 3 * 2 * 2
+        clean = rows[0]["score"]
+        # The end-to-end model scores what the benchmark's feature path scores: clean...
+        assert _count(clean, n) == _count(acc[name]["mean"], n), name
+        # ...and with every sensor subset absent.
+        for r in rows[1:7]:
+            assert _count(r["score"], n) == _count(acc[name]["absent"][r["modality"]]["mean"],
+                                                   n), (name, r)
+        for r in rows[1:]:
+            assert r["drop"] == pytest.approx((clean - r["score"]) / clean)
+        # An attack with a zero budget changes nothing.
+        zero = [r for r in rows if r["kind"] == "adversarial" and r["severity"] == 0.0]
+        assert len(zero) == 6 and all(r["score"] == clean for r in zero)
+        assert {r["modality"] for r in rows[7:]} == set(sensors)
+    # The product of experts with all but one sensor absent is that sensor's own model.
+    prod = {r["modality"]: r["score"] for r in res["runs"][0]["decision_product"]["robustness"]
+            ["rows"] if r["kind"] == "absent"}
+    for m in sensors:
+        others = "+".join(s for s in sensors if s != m)
+        assert _count(prod[others], n) == _count(acc[m]["mean"], n), m
+    assert (tmp_path / "robustness-decision_product.png").stat().st_size > 10_000
+    assert "| absent | absent | inertial+skeleton |" in proc.stdout
+    # Combining runs (here the same run twice) keeps each row: the same mean, std 0.
+    assert main(["bench", "utd-mhad", "--combine", str(tmp_path), str(tmp_path),
+                 "--out", str(tmp_path / "both")]) == 0
+    both = json.loads((tmp_path / "both" / "results.json").read_text())
+    for name in robust:
+        one = res["robustness"][name]["rows"]
+        two = both["robustness"][name]["rows"]
+        assert [r["modality"] for r in two] == [r["modality"] for r in one]
+        for a, b in zip(one, two):
+            assert b["score"]["mean"] == pytest.approx(a["score"]["mean"])
+            assert b["score"]["std"] == 0.0
+    assert (tmp_path / "both" / "robustness-attention-dropout.png").exists()
+
+
+def test_model_selection_keeps_the_single_sensor_models() -> None:
+    specs = utd_mhad.model_specs()
+    kept = utd_mhad.select_models(specs, ["gated"])
+    assert list(kept) == ["inertial", "skeleton", "depth", "gated"]
+    assert utd_mhad.select_models(specs, None) == specs
+    with pytest.raises(ValueError, match="unknown --models"):
+        utd_mhad.select_models(specs, ["nope"])
+    assert utd_mhad.robust_models(kept, None) == []
+    assert utd_mhad.robust_models(utd_mhad.model_specs(quick=True), []) == [
+        "attention+dropout", "decision_product"]
+    # decision_learned's classifiers run without gradients: not end to end.
+    with pytest.raises(ValueError, match="--robustness"):
+        utd_mhad.robust_models(specs, ["decision_learned"])
+
+
+def test_end_to_end_model_names_missing_inputs() -> None:
+    from mmfuse.bench._utd_models import SingleModel
+    from mmfuse.bench._utd_robust import EndToEnd
+    from mmfuse.errors import ModalityError
+
+    single = SingleModel("inertial")
+    model = EndToEnd({"inertial": single.encoder}, classifiers={"inertial": single.head}).eval()
+    x = torch.randn(2, 30, 6)
+    mask = torch.ones(2, 30, dtype=torch.bool)
+    with pytest.raises(ModalityError, match="mask:inertial"):
+        model({"inertial": x}, None)
+    # One expert: the product is that model's own distribution.
+    single.eval()
+    out = model({"inertial": x, "mask:inertial": mask}, None)
+    ref = single({"x": {"inertial": x}, "mask": {"inertial": mask}}).log_softmax(-1)
+    assert torch.allclose(out, ref, atol=1e-5)

@@ -7,6 +7,11 @@ models, and decision-level fusion (a learned ``DecisionFusion``, and the product
 the single-sensor models), then tests each on the test subjects clean, with every sensor and
 every pair of sensors absent (``present`` masks). Settings were chosen on the training
 subjects only (``--validate``: train on subjects 1, 3, 5, test on 7).
+
+``--robustness`` also runs :func:`mmfuse.metrics.robustness` on chosen fusions end to end
+(frozen encoders and trained fusion, from the sensor tensors): every absent subset, Gaussian
+noise and time-step dropout per sensor, FGSM and PGD on one sensor at a time; ``--models``
+trains only the named models (and the single-sensor models they build on).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from ..data.utd_mhad import TEST_SUBJECTS, TRAIN_SUBJECTS
 from ..fusion import DecisionFusion
 from ._utd_models import FEATURE_FUSIONS, DecisionHead, FusionHead, build_model, pool
 from ._utd_prep import SENSORS, Split, load_splits, make_batch
+from ._utd_robust import GRID, QUICK_GRID, ROBUST_DEFAULT, EndToEnd, evaluate, summarise_robustness
 
 __all__ = ["DEFAULT_DATA_DIR", "add_arguments", "model_specs", "run"]
 
@@ -63,6 +69,34 @@ def model_specs(quick: bool = False) -> dict[str, dict[str, Any]]:
                 "cross_attention", "decision_learned", "decision_product")
         specs = {k: specs[k] for k in keep}
     return specs
+
+
+def select_models(specs: Mapping[str, Any], models: Sequence[str] | None
+                  ) -> dict[str, dict[str, Any]]:
+    """``specs`` restricted to ``models`` and the single-sensor models (every fusion builds
+    on their encoders); None keeps all."""
+    if models is None:
+        return dict(specs)
+    unknown = [m for m in models if m not in specs]
+    if unknown:
+        raise ValueError(f"utd-mhad: unknown --models {unknown}; expected names from "
+                         f"{list(specs)}.")
+    return {k: v for k, v in specs.items() if v["kind"] == "single" or k in models}
+
+
+def robust_models(specs: Mapping[str, Any], names: Sequence[str] | None) -> list[str]:
+    """The models ``--robustness`` evaluates: ``names`` (each a feature-level fusion or the
+    product of experts, which run end to end), or, for an empty list, those of
+    ``ROBUST_DEFAULT`` that train."""
+    if names is None:
+        return []
+    chosen = list(names) or [n for n in ROBUST_DEFAULT if n in specs]
+    bad = [n for n in chosen if n not in specs or specs[n]["kind"] not in ("feature", "product")]
+    if bad:
+        raise ValueError(f"utd-mhad: --robustness {bad}: expected trained feature-level "
+                         "fusions or decision_product (end-to-end differentiable), from "
+                         f"{[k for k, v in specs.items() if v['kind'] in ('feature', 'product')]}.")
+    return chosen
 
 
 def _absent_patterns() -> list[tuple[str, ...]]:
@@ -172,9 +206,13 @@ def _accuracy(logp: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def run_seed(train: Split, test: Split, seed: int, *, quick: bool, epochs: int,
-             head_epochs: int, views: int, log: Any = print) -> dict[str, Any]:
-    """Train and test every model once. -> {name: {"clean": acc, "absent": {...}, ...}}."""
-    specs = model_specs(quick)
+             head_epochs: int, views: int, log: Any = print,
+             models: Sequence[str] | None = None, robust: Sequence[str] = (),
+             grid: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Train and test every model once (``models``: those and the single-sensor models).
+    -> {name: {"clean": acc, "absent": {...}, ...}}; the models in ``robust`` also get a
+    ``"robustness"`` entry (:func:`._utd_robust.evaluate` with ``grid``)."""
+    specs = select_models(model_specs(quick), models)
     results: dict[str, Any] = {}
     singles: dict[str, torch.nn.Module] = {}
     labels = test["label"]
@@ -186,6 +224,7 @@ def run_seed(train: Split, test: Split, seed: int, *, quick: bool, epochs: int,
         sensors = spec["sensors"]
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
+        wrapped: torch.nn.Module | None = None
         if spec["kind"] in ("single", "data"):
             model = build_model(spec)
             train_end_to_end(model, train, sensors, epochs, gen)
@@ -194,9 +233,9 @@ def run_seed(train: Split, test: Split, seed: int, *, quick: bool, epochs: int,
             if spec["kind"] == "single":
                 singles[sensors[0]] = model
         else:
+            encoders: dict[str, torch.nn.Module] = {
+                m: cast(torch.nn.Module, singles[m].encoder) for m in SENSORS}
             if train_feats is None or test_feats is None:
-                encoders: dict[str, torch.nn.Module] = {
-                    m: cast(torch.nn.Module, singles[m].encoder) for m in SENSORS}
                 t_enc = time.perf_counter()
                 train_feats = encode(encoders, train, views=views, gen=gen)
                 test_feats = encode(encoders, test, views=0, gen=gen)
@@ -212,6 +251,7 @@ def run_seed(train: Split, test: Split, seed: int, *, quick: bool, epochs: int,
                               for m in sensors}
                     logps = {p: fuse(logits, _present(labels.numel(), sensors, p))
                              .clamp_min(1e-12).log() for p in patterns}
+                wrapped = EndToEnd({m: encoders[m] for m in sensors}, classifiers=heads)
             else:
                 head = (DecisionHead(sensors, {m: cast(torch.nn.Module, singles[m].head)
                                                for m in sensors})
@@ -221,6 +261,8 @@ def run_seed(train: Split, test: Split, seed: int, *, quick: bool, epochs: int,
                 train_head(head, train_feats, head_epochs, gen)
                 logps = {p: _eval_head(head, test_feats, sensors, [m for m in p if m in sensors])
                          for p in patterns}
+                if spec["kind"] == "feature":
+                    wrapped = EndToEnd({m: encoders[m] for m in sensors}, head=head)
         results[name] = {
             "clean": _accuracy(logps[()], labels),
             "absent": {"+".join(p): _accuracy(logps[p], labels) for p in patterns if p},
@@ -229,6 +271,15 @@ def run_seed(train: Split, test: Split, seed: int, *, quick: bool, epochs: int,
         }
         log(f"  seed {seed} {name:<28} acc {results[name]['clean']:.3f}  "
             f"({results[name]['seconds']:.0f} s)")
+        if name in robust:
+            if wrapped is None:
+                raise ValueError(f"utd-mhad: {name} cannot run end to end for --robustness.")
+            t_rob = time.perf_counter()
+            rob = evaluate(wrapped, test, grid=grid or GRID, seed=seed)
+            rob["seconds"] = time.perf_counter() - t_rob
+            results[name]["robustness"] = rob
+            log(f"  seed {seed} {name:<28} robustness: {len(rob['rows'])} rows, clean "
+                f"{rob['clean']:.3f} ({rob['seconds']:.0f} s)")
     return results
 
 
@@ -254,13 +305,17 @@ def summarise(per_seed: Sequence[Mapping[str, Any]], seeds: Sequence[int], secon
         conf.index_put_((labels, pred), torch.ones_like(pred), accumulate=True)
     runs = [{n: {k: v for k, v in r[n].items() if k != "predictions"} for n in r}
             for r in per_seed]
-    return {"protocol": "cross-subject", "seeds": list(seeds), "seconds": seconds,
+    out = {"protocol": "cross-subject", "seeds": list(seeds), "seconds": seconds,
             "runs": runs, "predictions": [{n: r[n]["predictions"] for n in r} for r in per_seed],
             "train_subjects": list(TRAIN_SUBJECTS), "test_subjects": list(TEST_SUBJECTS),
             "settings": dict(SETTINGS), "accuracy": acc, "best_fusion": best,
             "comparisons": comparisons(per_seed), "confusion": conf.tolist(),
             "model_seconds": {k: _mean_std([r[k]["seconds"] for r in per_seed])["mean"]
                               for k in acc}}
+    robust = summarise_robustness(per_seed)
+    if robust:
+        out["robustness"] = robust
+    return out
 
 
 def _sensors_of(name: str) -> set[str]:
@@ -328,6 +383,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "one seed per process) into --out, without training")
     parser.add_argument("--validate", action="store_true",
                         help="settings check on training subjects only (train 1, 3, 5; test 7)")
+    parser.add_argument("--models", nargs="+", metavar="MODEL", default=None,
+                        help="train and test only these models (and the single-sensor models "
+                             "they build on); default: all")
+    parser.add_argument("--robustness", nargs="*", metavar="MODEL", default=None,
+                        help="also evaluate robustness (sensors absent, noise, time-step "
+                             "dropout, FGSM and PGD per sensor) of these fusions end to end; "
+                             f"no names: those of {', '.join(ROBUST_DEFAULT)} that train")
 
 
 def _combine(args: argparse.Namespace) -> dict[str, Any]:
@@ -368,8 +430,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"UTD-MHAD: {train['label'].numel()} training sequences (subjects {train_s}), "
           f"{test['label'].numel()} test (subjects {test_s}); read in "
           f"{time.perf_counter() - start:.0f} s")
+    specs = select_models(model_specs(args.quick), getattr(args, "models", None))
+    robust = robust_models(specs, getattr(args, "robustness", None))
     per_seed = [run_seed(train, test, seed, quick=args.quick, epochs=epochs,
-                         head_epochs=head_epochs, views=views) for seed in args.seeds]
+                         head_epochs=head_epochs, views=views, models=list(specs),
+                         robust=robust, grid=QUICK_GRID if args.quick else GRID)
+                for seed in args.seeds]
     result = summarise(per_seed, args.seeds, time.perf_counter() - start, test["label"])
     result["test_labels"] = test["label"].tolist()
     if args.validate:
@@ -383,8 +449,16 @@ def _write(result: dict[str, Any], out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1))
     from ._utd_report import plot, table
+    from ._utd_robust import plot_tables
+    from ._utd_robust import table as robust_table
 
     print(table(result))
     plot(result, out / "utd_mhad.png")
+    if result.get("robustness"):
+        print("\nRobustness (test accuracy, mean ± std over seeds; noise std and L-inf budgets "
+              "in units of each sensor's std):")
+        print(robust_table(result["robustness"]))
+        for path in plot_tables(result["robustness"], out, seeds=result["seeds"]):
+            print(f"wrote {path}")
     print(f"wrote {out / 'results.json'} and {out / 'utd_mhad.png'} in {result['seconds']:.0f} s")
     return 0
