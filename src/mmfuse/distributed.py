@@ -256,17 +256,25 @@ def _gather(x: Tensor, *, group: Any, owner: object, arg: str, error: BaseExcept
     return out, sizes
 
 
+_WEIGHTS_TEXT = ("None", "a float tensor", "a bool tensor")  # by _weights_code
+
+
+def _describe_reduction(code: int) -> str:
+    """``grad_reduction`` as an option summary names it: only where it is not the default."""
+    if not code:
+        return ""
+    r = _REDUCTIONS[code] if 0 <= code < len(_REDUCTIONS) else "invalid"
+    return f", grad_reduction {r!r}"
+
+
 def _describe_options(extra: tuple[int, ...]) -> str:
     positives, weights, direction, negatives, reduction = extra
-    w = ("None", "a float tensor", "a bool tensor")[weights]
+    w = _WEIGHTS_TEXT[weights]
     d = _DIRECTIONS[direction] if 0 <= direction < len(_DIRECTIONS) else "invalid"
     neg = ("None", "(M, D)", "(B, M, D)")[negatives]
     text = (f"positives {'given' if positives else 'None'}, weights {w}, direction {d!r}, "
             f"negatives {neg}")
-    if reduction:  # named only where it is not the default
-        r = _REDUCTIONS[reduction] if 0 <= reduction < len(_REDUCTIONS) else "invalid"
-        text += f", grad_reduction {r!r}"
-    return text
+    return text + _describe_reduction(reduction)
 
 
 def _weights_code(weights: object) -> int:
@@ -453,15 +461,12 @@ def _negatives_share(a: Tensor, b: Tensor, negatives: Tensor, scale: Tensor, inp
 
 def _describe_supcon(extra: tuple[int, ...]) -> str:
     labels, weights, variant, views, reduction = extra
-    w = ("None", "a float tensor", "a bool tensor")[weights]
+    w = _WEIGHTS_TEXT[weights]
     v = VARIANTS[variant] if 0 <= variant < len(VARIANTS) else "invalid"
     layout = "(N, D)" if views == 0 else f"(B, {views}, D)"
     text = (f"labels {'given' if labels else 'None'}, weights {w}, variant {v!r}, "
             f"features {layout}")
-    if reduction:  # named only where it is not the default
-        r = _REDUCTIONS[reduction] if 0 <= reduction < len(_REDUCTIONS) else "invalid"
-        text += f", grad_reduction {r!r}"
-    return text
+    return text + _describe_reduction(reduction)
 
 
 def supcon_gathered(
@@ -541,12 +546,9 @@ def supcon_gathered(
 
 def _describe_siglip(extra: tuple[int, ...]) -> str:
     positives, weights, reduction = extra
-    w = ("None", "a float tensor", "a bool tensor")[weights]
+    w = _WEIGHTS_TEXT[weights]
     text = f"positives {'given' if positives else 'None'}, weights {w}"
-    if reduction:  # named only where it is not the default
-        r = _REDUCTIONS[reduction] if 0 <= reduction < len(_REDUCTIONS) else "invalid"
-        text += f", grad_reduction {r!r}"
-    return text
+    return text + _describe_reduction(reduction)
 
 
 def siglip_gathered(
