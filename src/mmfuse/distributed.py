@@ -55,6 +55,7 @@ from .functional.contrastive._checks import (
 )
 from .functional.contrastive._common import _anchor_weights
 from .functional.contrastive._negatives import _check_negatives, _info_nce_negatives
+from .functional.contrastive._pairs import _Pairs
 from .functional.contrastive._rows import _rows
 from .functional.contrastive._siglip import _siglip_dense, _TiledSigLIP
 from .functional.contrastive.supcon import (
@@ -376,11 +377,7 @@ def info_nce_gathered(
     else:
         a_all, b_all, sizes, rank = a, b, [a.shape[0]], 0
     assert inp is not None  # an error was raised on every rank above
-    if sum(sizes) == 0:
-        raise ValueError(
-            f"{owner_name(owner)}: expected at least one row of `a` and `b` across the ranks, "
-            f"got B=0 on every rank."
-        )
+    _check_rows(sum(sizes), owner, "`a` and `b`", "B")
     if negatives is not None:
         loss = _negatives_share(a, b, negatives, scale, inp, normalize=normalize,
                                 label_smoothing=label_smoothing, chunk_size=chunk_size,
@@ -406,13 +403,18 @@ def _as_global_loss(loss: Tensor, group: Any) -> Tensor:
     return scaled + (total_loss - scaled).detach()
 
 
-def _pairs_share(a: Tensor, b: Tensor, a_all: Tensor, b_all: Tensor, scale: Tensor,
-                 inp: _Inputs, positives: Tensor | None, sizes: list[int], rank: int, *,
-                 normalize: bool, label_smoothing: float, direction: str,
-                 chunk_size: int | str | None, reduction: str, owner: object,
-                 group: Any) -> Tensor:
-    """This rank's share of InfoNCE with pairs by row or by group id."""
-    n, offset, total = sizes[rank], sum(sizes[:rank]), sum(sizes)
+def _check_rows(total: int, owner: object, what: str, letter: str) -> None:
+    """Raise on every rank when the global batch is empty (no rank has a row)."""
+    if total == 0:
+        raise ValueError(f"{owner_name(owner)}: expected at least one row of {what} across the "
+                         f"ranks, got {letter}=0 on every rank.")
+
+
+def _global_pairs(n: int, offset: int, total: int, positives: Tensor | None, inp: _Inputs, *,
+                  group: Any, owner: object) -> tuple[_Pairs, Tensor | None]:
+    """(this rank's rows against the global batch's pairs, the global kept-key mask): pairs by
+    global row (this rank's rows start at ``offset``) or by gathered group ids; the weights
+    gathered into a mask of kept keys (None: every key kept)."""
     if positives is not None:
         groups_k = _gather(positives, group=group, owner=owner, arg="positives")[0]
         pairs = make_pairs(n, total, groups_q=positives, groups_k=groups_k)
@@ -421,6 +423,17 @@ def _pairs_share(a: Tensor, b: Tensor, a_all: Tensor, b_all: Tensor, scale: Tens
     w_all = None if inp.weights is None else _gather(inp.weights.detach(), group=group,
                                                      owner=owner, arg="weights")[0]
     v_all = None if w_all is None else (w_all if w_all.dtype == torch.bool else w_all != 0)
+    return pairs, v_all
+
+
+def _pairs_share(a: Tensor, b: Tensor, a_all: Tensor, b_all: Tensor, scale: Tensor,
+                 inp: _Inputs, positives: Tensor | None, sizes: list[int], rank: int, *,
+                 normalize: bool, label_smoothing: float, direction: str,
+                 chunk_size: int | str | None, reduction: str, owner: object,
+                 group: Any) -> Tensor:
+    """This rank's share of InfoNCE with pairs by row or by group id."""
+    n, offset, total = sizes[rank], sum(sizes[:rank]), sum(sizes)
+    pairs, v_all = _global_pairs(n, offset, total, positives, inp, group=group, owner=owner)
     tile = _tile_size(chunk_size, n, total, owner=owner)
     parts = []
     for on, q, k_all in (("a2b", a, b_all), ("b2a", b, a_all)):
@@ -523,11 +536,7 @@ def supcon_gathered(
     assert flat is not None  # an error was raised on every rank above
     rank = dist.get_rank(group)
     n, offset, total = sizes[rank], sum(sizes[:rank]), sum(sizes)
-    if total == 0:
-        raise ValueError(
-            f"{owner_name(owner)}: expected at least one row of `features` across the ranks, "
-            f"got N=0 on every rank."
-        )
+    _check_rows(total, owner, "`features`", "N")
     ids = flat.ids if labels is not None else flat.ids + offset // flat.views
     ids_all = _gather(ids, group=group, owner=owner, arg="labels")[0]
     w_all = None if flat.weights is None else _gather(flat.weights.detach(), group=group,
@@ -610,19 +619,8 @@ def siglip_gathered(
     assert inp is not None  # an error was raised on every rank above
     rank = dist.get_rank(group)
     n, offset, total = sizes[rank], sum(sizes[:rank]), sum(sizes)
-    if total == 0:
-        raise ValueError(
-            f"{owner_name(owner)}: expected at least one row of `a` and `b` across the ranks, "
-            f"got B=0 on every rank."
-        )
-    if positives is not None:
-        groups_k = _gather(positives, group=group, owner=owner, arg="positives")[0]
-        pairs = make_pairs(n, total, groups_q=positives, groups_k=groups_k)
-    else:
-        pairs = make_pairs(n, total, offset=offset)
-    w_all = None if inp.weights is None else _gather(inp.weights.detach(), group=group,
-                                                     owner=owner, arg="weights")[0]
-    v_all = None if w_all is None else (w_all if w_all.dtype == torch.bool else w_all != 0)
+    _check_rows(total, owner, "`a` and `b`", "B")
+    pairs, v_all = _global_pairs(n, offset, total, positives, inp, group=group, owner=owner)
     tile = _tile_size(chunk_size, n, total, owner=owner) if n else None
     if tile is None:
         per_row = _siglip_dense(a, b_all, scale, bias, pairs, inp.valid, v_all, normalize)
