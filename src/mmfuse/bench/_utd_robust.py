@@ -25,7 +25,7 @@ from ..metrics.robustness import RobustnessRow, RobustnessTable, plot_robustness
 from ._utd_models import NUM_CLASSES, pool
 from ._utd_prep import SENSORS, Split, make_batch
 
-__all__ = ["DROPOUT_AXES", "GRID", "QUICK_GRID", "ROBUST_DEFAULT", "EndToEnd", "evaluate",
+__all__ = ["DROPOUT_AXES", "GRID", "QUICK_GRID", "ROBUST_DEFAULT", "EndToEnd", "evaluate", "mean_std",
            "plot_tables", "summarise_robustness", "table"]
 
 #: Models evaluated by ``--robustness`` without names (those of them that were trained).
@@ -106,7 +106,9 @@ def _key(row: Mapping[str, Any]) -> tuple[Any, ...]:
     return row["kind"], row["perturbation"], row["modality"], row["severity"]
 
 
-def _mean_std(values: Sequence[float]) -> dict[str, float]:
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean and population std over seeds (NaN values, e.g. a drop with a zero clean score,
+    left out; all NaN: NaN)."""
     t = torch.tensor(values, dtype=torch.float64)
     ok = t[~t.isnan()]
     if ok.numel() == 0:
@@ -132,9 +134,9 @@ def summarise_robustness(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any
         for i, (kind, what, modality, severity) in enumerate(keys):
             rows.append({"kind": kind, "perturbation": what, "modality": modality,
                          "severity": severity,
-                         "score": _mean_std([run["rows"][i]["score"] for run in runs]),
-                         "drop": _mean_std([run["rows"][i]["drop"] for run in runs])})
-        scales = {m: _mean_std([run["scales"][m] for run in runs])["mean"]
+                         "score": mean_std([run["rows"][i]["score"] for run in runs]),
+                         "drop": mean_std([run["rows"][i]["drop"] for run in runs])})
+        scales = {m: mean_std([run["scales"][m] for run in runs])["mean"]
                   for m in SENSORS if all(m in run["scales"] for run in runs)}
         out[name] = {"rows": rows, "scales": scales}
     return out

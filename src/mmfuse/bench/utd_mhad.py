@@ -33,7 +33,15 @@ from ..data.utd_mhad import TEST_SUBJECTS, TRAIN_SUBJECTS
 from ..fusion import DecisionFusion
 from ._utd_models import FEATURE_FUSIONS, DecisionHead, FusionHead, build_model, pool
 from ._utd_prep import SENSORS, Split, load_splits, make_batch
-from ._utd_robust import GRID, QUICK_GRID, ROBUST_DEFAULT, EndToEnd, evaluate, summarise_robustness
+from ._utd_robust import (
+    GRID,
+    QUICK_GRID,
+    ROBUST_DEFAULT,
+    EndToEnd,
+    evaluate,
+    mean_std,
+    summarise_robustness,
+)
 
 __all__ = ["DEFAULT_DATA_DIR", "add_arguments", "model_specs", "run"]
 
@@ -283,19 +291,14 @@ def run_seed(train: Split, test: Split, seed: int, *, quick: bool, epochs: int,
     return results
 
 
-def _mean_std(values: Sequence[float]) -> dict[str, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return {"mean": float(t.mean()), "std": float(t.std(unbiased=False)) if len(values) > 1 else 0.0}
-
-
 def summarise(per_seed: Sequence[Mapping[str, Any]], seeds: Sequence[int], seconds: float,
               labels: torch.Tensor) -> dict[str, Any]:
     acc: dict[str, Any] = {}
     for name in per_seed[0]:
         runs = [r[name] for r in per_seed]
-        acc[name] = _mean_std([r["clean"] for r in runs])
+        acc[name] = mean_std([r["clean"] for r in runs])
         acc[name]["per_seed"] = [r["clean"] for r in runs]
-        acc[name]["absent"] = {p: _mean_std([r["absent"][p] for r in runs])
+        acc[name]["absent"] = {p: mean_std([r["absent"][p] for r in runs])
                                for p in runs[0]["absent"]}
     fusions = [k for k in acc if k not in SENSORS]
     best = max(fusions, key=lambda k: acc[k]["mean"])
@@ -310,7 +313,7 @@ def summarise(per_seed: Sequence[Mapping[str, Any]], seeds: Sequence[int], secon
             "train_subjects": list(TRAIN_SUBJECTS), "test_subjects": list(TEST_SUBJECTS),
             "settings": dict(SETTINGS), "accuracy": acc, "best_fusion": best,
             "comparisons": comparisons(per_seed), "confusion": conf.tolist(),
-            "model_seconds": {k: _mean_std([r[k]["seconds"] for r in per_seed])["mean"]
+            "model_seconds": {k: mean_std([r[k]["seconds"] for r in per_seed])["mean"]
                               for k in acc}}
     robust = summarise_robustness(per_seed)
     if robust:
@@ -340,7 +343,7 @@ def comparisons(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return sum(v) / len(v)
 
     def diff(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
-        return _mean_std([x - y for x, y in zip(a, b)])
+        return mean_std([x - y for x, y in zip(a, b)])
 
     out: dict[str, Any] = {"absent": {}}
     dropout = [n for n in names if n.endswith("+dropout")]
@@ -355,8 +358,8 @@ def comparisons(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not refs:
             continue
         ref = max(refs, key=lambda n: mean(refs[n]))
-        out["absent"][m] = {"fusion": best, "fusion_acc": _mean_std(absent[best]),
-                            "reference": ref, "reference_acc": _mean_std(refs[ref]),
+        out["absent"][m] = {"fusion": best, "fusion_acc": mean_std(absent[best]),
+                            "reference": ref, "reference_acc": mean_std(refs[ref]),
                             "gap": diff(refs[ref], absent[best])}
     three = [n for n in names if _sensors_of(n) == set(SENSORS)]
     two = [n for n in names if _sensors_of(n) == {"inertial", "skeleton"}]
