@@ -114,6 +114,10 @@ def train(args: argparse.Namespace) -> None:
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             torch.save({"losses": losses, "state": state, "world": world}, args.save)
     if world > 1:
+        # leave together, and let DDP's reducer drop its hold on the group first, so the group
+        # is torn down here, on every rank at once, not while a peer still evaluates or at exit
+        dist.barrier()
+        del net
         dist.destroy_process_group()
 
 
