@@ -144,3 +144,49 @@ def test_argument_errors() -> None:
         ddpm_vlb_term(x0, x_t, x0_pred, 0.5, 1.5, v)
     with pytest.raises(ShapeError, match=r"^ddpm_vlb_term: expected `alpha_bar` of shape "):
         ddpm_vlb_term(x0, x_t, x0_pred, torch.tensor([0.5, 0.5, 0.5]), 0.6, v)
+
+
+def _mp_log_mass(x: float, mean: float, log_var: float) -> tuple[float, float]:
+    """log of the decoder's mass on x's bin and its derivative in the mean, at 60 digits:
+    mpmath's normal CDF has no underflow, so a bin any number of stds into a tail is exact."""
+    mp = pytest.importorskip("mpmath").mp
+    mp.dps = 60
+    sd = mp.exp(mp.mpf(log_var) / 2)
+    lo = (mp.mpf(x) - mp.mpf(1) / 255 - mp.mpf(mean)) / sd
+    hi = (mp.mpf(x) + mp.mpf(1) / 255 - mp.mpf(mean)) / sd
+    if x < -0.999:
+        mass, slope = mp.ncdf(hi), -mp.npdf(hi)
+    elif x > 0.999:
+        mass, slope = mp.ncdf(-lo), mp.npdf(lo)
+    else:  # mirrored above 0 so the difference is not one of two numbers near 1
+        mass = mp.ncdf(-lo) - mp.ncdf(-hi) if lo > 0 else mp.ncdf(hi) - mp.ncdf(lo)
+        slope = mp.npdf(lo) - mp.npdf(hi)
+    return float(mp.log(mass)), float(slope / sd / mass)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-10), (torch.float32, 2e-3)])
+def test_decoder_term_in_the_far_tails(dtype: torch.dtype, rtol: float) -> None:
+    # the first step (alpha_bar_prev = 1): the model's mean is x0_pred, its log-variance runs
+    # from beta's down to log 1e-20, and the predictions sit up to 1e10 stds off their bins,
+    # where a difference of CDFs is 0: the term and its gradient must follow the exact ones
+    n, ab = 600, 0.99
+    g = torch.Generator().manual_seed(7)
+    x0 = torch.randint(0, 256, (n, 1), generator=g) / 127.5 - 1
+    x0[:60], x0[60:120] = -1.0, 1.0  # the open end bins
+    spread = torch.tensor([1e-3, 1e-2, 0.1, 1.0, 3.0])[torch.randint(0, 5, (n, 1), generator=g)]
+    x0 = x0.to(dtype)
+    x0_pred = (x0 + spread * torch.randn(n, 1, generator=g)).to(dtype).requires_grad_(True)
+    v = (torch.rand(n, 1, generator=g) * 2 - 1).to(dtype)
+    got = ddpm_vlb_term(x0, torch.randn(n, 1, dtype=dtype), x0_pred, ab, 1.0, v)
+    got.sum().backward()
+    frac = (v.double() + 1) / 2  # the learned-range log-variance, beta-tilde floored at 1e-20
+    log_var = frac * math.log(1 - ab) + (1 - frac) * math.log(1e-20)
+    ref = [_mp_log_mass(a, m, lv) for a, m, lv in zip(x0.double().flatten().tolist(),
+                                                      x0_pred.detach().double().flatten().tolist(),
+                                                      log_var.flatten().tolist())]
+    want = torch.tensor([-r[0] for r in ref], dtype=torch.float64) / math.log(2)
+    want_grad = torch.tensor([-r[1] for r in ref], dtype=torch.float64) / math.log(2)
+    assert float(want.max()) > 1e15  # bins 1e8+ stds away are in the draw
+    assert bool(torch.isfinite(got).all() and torch.isfinite(x0_pred.grad).all())
+    torch.testing.assert_close(got.double(), want, rtol=rtol, atol=rtol)
+    torch.testing.assert_close(x0_pred.grad.double().flatten(), want_grad, rtol=rtol, atol=rtol)

@@ -337,17 +337,43 @@ def ddpm_step(
     return mean + _sqrt(var) * noise
 
 
+_SQRT_HALF = math.sqrt(0.5)
+
+
+def _log_ndtr(z: Tensor) -> Tensor:
+    """``log Phi(z)``, the standard normal log-CDF, with a gradient that stays right in the far
+    lower tail (``torch.special.log_ndtr``'s loses its precision past |z| ~ 100 in float32):
+    ``log(erfcx(-z / sqrt 2) / 2) - z^2 / 2`` below 0, ``log1p(-erfc(z / sqrt 2) / 2)`` above.
+    Each branch sees only its own half of the inputs, so the other's overflow cannot reach
+    the gradient."""
+    low, high = z.clamp(max=0), z.clamp(min=0)
+    below = torch.log(torch.special.erfcx(-low * _SQRT_HALF) / 2) - low * low / 2
+    above = torch.log1p(-torch.special.erfc(high * _SQRT_HALF) / 2)
+    return torch.where(z < 0, below, above)
+
+
 def _discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
     """Elementwise log-probability of data in [-1, 1] quantised to 256 levels (bins of width
     2/255 around each value, the two end bins reaching to -inf and +inf) under
-    N(mean, exp(log_var)): DDPM's decoder (Ho et al. 2020, eq. 13), in nats."""
+    N(mean, exp(log_var)): DDPM's decoder (Ho et al. 2020, eq. 13), in nats.
+
+    Taken in log space throughout, so a bin far in either tail keeps its value and its
+    gradient (a difference of two CDFs rounds to 0 there and needs a floor, which stops the
+    gradient where the model is most wrong)."""
     inv_std = torch.exp(-0.5 * log_var)
     centred = x - mean
-    upper = torch.special.ndtr(inv_std * (centred + 1 / 255))  # P(X <= x + 1/255)
-    lower_tail = torch.special.ndtr(-inv_std * (centred - 1 / 255))  # P(X >= x - 1/255)
-    mass = torch.where(x < -0.999, upper,
-                       torch.where(x > 0.999, lower_tail, upper - (1 - lower_tail)))
-    return torch.log(mass.clamp_min(1e-12))
+    lo, hi = inv_std * (centred - 1 / 255), inv_std * (centred + 1 / 255)  # standardised edges
+    # an inner bin as Phi(b) - Phi(a), a < b, mirrored (Phi(hi) - Phi(lo) = Phi(-lo) - Phi(-hi))
+    # when it lies above 0, so that neither CDF is one rounded to 1
+    flip = lo > 0
+    a, b = torch.where(flip, -hi, lo), torch.where(flip, -lo, hi)
+    log_a, log_b = _log_ndtr(a), _log_ndtr(b)
+    # log Phi(a) - log Phi(b) <= (b^2 - a^2) / 2 here (the inverse Mills ratio exceeds -z):
+    # the bound keeps the gap below 0 where the far tails round both logs to one value
+    gap = torch.minimum(log_a - log_b, (b - a) * (a + b) / 2)
+    inner = log_b + torch.log(-torch.expm1(gap))
+    return torch.where(x < -0.999, _log_ndtr(hi),  # P(X <= x + 1/255)
+                       torch.where(x > 0.999, _log_ndtr(-lo), inner))  # P(X >= x - 1/255)
 
 
 def ddpm_vlb_term(
@@ -368,8 +394,9 @@ def ddpm_vlb_term(
     (the posterior's log-variance floored at log 1e-20, as :func:`ddpm_variance`); where
     ``alpha_bar_prev == 1`` (the first step) it is the decoder's negative log-likelihood
     ``-log p(x0 | x_1)``, DDPM's discretised Gaussian for data in [-1, 1] at 8 bits (bins of
-    width 2/255, the end bins open). Both are averaged over the non-batch dimensions and
-    divided by ``ln 2``, as the paper's code reports them.
+    width 2/255, the end bins open), taken in log space so that it and its gradient stay exact
+    for a bin any number of stds into a tail (no floor on the bin's mass). Both are averaged
+    over the non-batch dimensions and divided by ``ln 2``, as the paper's code reports them.
 
     For the hybrid objective ``L_simple + lambda L_vlb`` (lambda = 0.001), pass a detached
     ``x0_pred``, so that this term trains only the variance, and estimate ``L_vlb`` by
