@@ -199,75 +199,32 @@ def diffusion_bad(kwargs: dict) -> list[BadInput]:
     ]
 
 
-register(ContractCase(
-    id="DiffusionHead-image-eps",
-    build=lambda **dd: excite(DiffusionHead((1, 4, 4), E, hidden_dim=16, num_blocks=2,
-                                            num_steps=50, **dd)),
-    inputs=diffusion_inputs((1, 4, 4), 50),
-    out_shape=lambda b: (b, 1, 4, 4),
-    tensor_args=["x", "cond"],
-    empty_batch="empty",
-    grad_exempt=("null_cond",),  # used only where a condition is dropped
-    bad_inputs=diffusion_bad,
-))
-register(ContractCase(
-    id="DiffusionHead-sequence-v",
-    build=lambda **dd: excite(DiffusionHead((5, 3), E, hidden_dim=16, num_blocks=1,
-                                            num_steps=20, schedule="linear", prediction="v",
-                                            **dd)),
-    inputs=diffusion_inputs((5, 3), 20),
-    out_shape=lambda b: (b, 5, 3),
-    tensor_args=["x", "cond"],
-    empty_batch="empty",
-    grad_exempt=("null_cond",),
-    bad_inputs=diffusion_bad,
-))
-register(ContractCase(
-    id="DiffusionHead-image-unet",
-    build=lambda **dd: excite(DiffusionHead((2, 8, 4), E, hidden_dim=16, num_blocks=1,
-                                            num_steps=50, backbone="unet", unet_channels=8,
-                                            **dd)),
-    inputs=diffusion_inputs((2, 8, 4), 50),
-    out_shape=lambda b: (b, 2, 8, 4),
-    tensor_args=["x", "cond"],
-    empty_batch="empty",
-    grad_exempt=("null_cond",),
-    bad_inputs=diffusion_bad,
-))
-register(ContractCase(
-    id="DiffusionHead-image-learned_range",
-    build=lambda **dd: excite(DiffusionHead((1, 4, 4), E, hidden_dim=16, num_blocks=1,
-                                            num_steps=50, variance_type="learned_range",
-                                            **dd)),
-    inputs=diffusion_inputs((1, 4, 4), 50),
-    out_shape=lambda b: (b, 2, 4, 4),
-    tensor_args=["x", "cond"],
-    empty_batch="empty",
-    grad_exempt=("null_cond",),
-    bad_inputs=diffusion_bad,
-))
-register(ContractCase(
-    id="DiffusionHead-sequence-unet-learned_range",
-    build=lambda **dd: excite(DiffusionHead((6, 3), E, hidden_dim=16, num_blocks=1,
-                                            num_steps=20, backbone="unet", unet_channels=8,
-                                            prediction="v", variance_type="learned_range",
-                                            **dd)),
-    inputs=diffusion_inputs((6, 3), 20),
-    out_shape=lambda b: (b, 12, 3),
-    tensor_args=["x", "cond"],
-    empty_batch="empty",
-    grad_exempt=("null_cond",),
-    bad_inputs=diffusion_bad,
-))
-register(ContractCase(
-    id="DiffusionHead-sequence-unet-v",
-    build=lambda **dd: excite(DiffusionHead((6, 3), E, hidden_dim=16, num_blocks=1,
-                                            num_steps=20, backbone="unet", unet_channels=8,
-                                            prediction="v", **dd)),
-    inputs=diffusion_inputs((6, 3), 20),
-    out_shape=lambda b: (b, 6, 3),
-    tensor_args=["x", "cond"],
-    empty_batch="empty",
-    grad_exempt=("null_cond",),
-    bad_inputs=diffusion_bad,
-))
+def register_diffusion(case_id: str, shape: tuple[int, ...], steps: int,
+                       out: tuple[int, ...], **head_kwargs: object) -> None:
+    """One DiffusionHead case: data of ``shape``, ``steps`` timesteps, output (B, *out)."""
+    register(ContractCase(
+        id=case_id,
+        build=lambda **dd: excite(DiffusionHead(shape, E, hidden_dim=16, num_steps=steps,
+                                                **head_kwargs, **dd)),
+        inputs=diffusion_inputs(shape, steps),
+        out_shape=lambda b: (b, *out),
+        tensor_args=["x", "cond"],
+        empty_batch="empty",
+        grad_exempt=("null_cond",),  # used only where a condition is dropped
+        bad_inputs=diffusion_bad,
+    ))
+
+
+register_diffusion("DiffusionHead-image-eps", (1, 4, 4), 50, (1, 4, 4), num_blocks=2)
+register_diffusion("DiffusionHead-sequence-v", (5, 3), 20, (5, 3), num_blocks=1,
+                   schedule="linear", prediction="v")
+register_diffusion("DiffusionHead-image-unet", (2, 8, 4), 50, (2, 8, 4), num_blocks=1,
+                   backbone="unet", unet_channels=8)
+# learned_range: the prediction, then one variance value per element, along dim 1
+register_diffusion("DiffusionHead-image-learned_range", (1, 4, 4), 50, (2, 4, 4), num_blocks=1,
+                   variance_type="learned_range")
+register_diffusion("DiffusionHead-sequence-unet-learned_range", (6, 3), 20, (12, 3),
+                   num_blocks=1, backbone="unet", unet_channels=8, prediction="v",
+                   variance_type="learned_range")
+register_diffusion("DiffusionHead-sequence-unet-v", (6, 3), 20, (6, 3), num_blocks=1,
+                   backbone="unet", unet_channels=8, prediction="v")
