@@ -146,6 +146,15 @@ def free_port() -> int:
 _RUNS: dict[int, list[dict[str, Any]]] = {}
 
 
+def assert_every_rank_raised(results: list[dict[str, Any]], case: str, kind: str,
+                             pattern: str) -> None:
+    """Every rank's result for ``case`` is an error of type name ``kind`` whose message matches
+    ``pattern`` in full."""
+    for r, res in enumerate(results):
+        assert res[case] is not None, f"rank {r} did not raise"
+        assert res[case][0] == kind and re.fullmatch(pattern, res[case][1]), (r, res[case])
+
+
 def spawn_world(target: Any, world: int) -> list[dict[str, Any]]:
     """Run ``target(rank, world, port, out_dir)`` on ``world`` gloo ranks; each rank's results
     (saved to ``out_dir/{rank}.pt``), in rank order."""
@@ -247,12 +256,7 @@ SAME = {
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(SAME))
 def test_disagreeing_ranks_all_raise_the_same_error(case: str) -> None:
-    kind, pattern = SAME[case]
-    results = run_world(3)
-    for r, res in enumerate(results):
-        assert res[case] is not None, f"rank {r} did not raise"
-        assert res[case][0] == kind
-        assert re.fullmatch(pattern, res[case][1]), res[case][1]
+    assert_every_rank_raised(run_world(3), case, *SAME[case])
     assert issubclass(ShapeError, ValueError)
 
 

@@ -14,7 +14,6 @@ and inputs that disagree across ranks raising on every rank.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 import pytest
@@ -23,7 +22,7 @@ import torch.distributed as dist
 
 from mmfuse.alignment import SigLIPLoss, siglip_loss
 from mmfuse.distributed import siglip_gathered
-from test_distributed import init_rank, spawn_world
+from test_distributed import assert_every_rank_raised, init_rank, spawn_world
 
 D = 5
 
@@ -224,10 +223,7 @@ SAME = {
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(SAME))
 def test_disagreeing_ranks_all_raise_the_same_error(case: str) -> None:
-    kind, pattern = SAME[case]
-    for r, res in enumerate(run_world(3)):
-        assert res[case] is not None, f"rank {r} did not raise"
-        assert res[case][0] == kind and re.fullmatch(pattern, res[case][1]), res[case]
+    assert_every_rank_raised(run_world(3), case, *SAME[case])
 
 
 @pytest.mark.slow
