@@ -190,3 +190,30 @@ def test_decoder_term_in_the_far_tails(dtype: torch.dtype, rtol: float) -> None:
     assert bool(torch.isfinite(got).all() and torch.isfinite(x0_pred.grad).all())
     torch.testing.assert_close(got.double(), want, rtol=rtol, atol=rtol)
     torch.testing.assert_close(x0_pred.grad.double().flatten(), want_grad, rtol=rtol, atol=rtol)
+
+
+def test_steps_that_do_not_remove_noise_are_rejected() -> None:
+    x0, x_t, x0_pred, v = batch(8, shape=(2, 3))
+    for ab, abp, got in ((0.5, 0.5, "0.5 and 0.5"), (0.6, 0.5, "0.6 and 0.5"),
+                         (1.0, 1.0, "1.0 and 1.0"),
+                         (torch.tensor([0.5, 0.7]), torch.tensor([0.6, 0.7]),
+                          "0.7 and 0.7 at sample 1")):
+        with pytest.raises(ValueError, match=r"^ddpm_vlb_term: expected `alpha_bar` < "
+                           r"`alpha_bar_prev` \(a step that removes noise\), got "
+                           + got.replace(".", r"\.") + r"\.$"):
+            ddpm_vlb_term(x0, x_t, x0_pred, ab, abp, v)
+
+
+def test_a_far_off_prediction_keeps_finite_gradients_in_both_terms() -> None:
+    # one KL sample and one decoder sample, 1e6 off in float32 at the smallest variance: each
+    # term's overflow in the other's samples must not reach the gradient (0 x inf = NaN)
+    x0 = torch.zeros(2, 3)
+    x0_pred = torch.full((2, 3), 1e6, requires_grad=True)
+    v = torch.full((2, 3), -1.0, requires_grad=True)
+    out = ddpm_vlb_term(x0, torch.zeros(2, 3), x0_pred, torch.tensor([0.5, 0.9]),
+                        torch.tensor([0.6, 1.0]), v)
+    out.sum().backward()
+    assert bool(torch.isfinite(out).all()) and bool((out > 1e10).all())
+    assert x0_pred.grad is not None and v.grad is not None
+    assert bool(torch.isfinite(x0_pred.grad).all() and (x0_pred.grad > 0).all())
+    assert bool(torch.isfinite(v.grad).all())

@@ -88,6 +88,29 @@ def _check_alpha(a: object, like: Tensor, batch: int, *, owner: str, arg: str,
             raise ValueError(f"{owner}: expected `{arg}` in (0, 1], got {got}.")
 
 
+def _check_alpha_order(alpha_bar: Tensor | float, alpha_bar_prev: Tensor | float, *,
+                       owner: str) -> None:
+    """``alpha_bar < alpha_bar_prev`` (a step that removes noise: beta > 0); tensor values
+    checked in eager mode only."""
+    if isinstance(alpha_bar, Tensor) or isinstance(alpha_bar_prev, Tensor):
+        if torch.compiler.is_compiling():
+            return
+        ab, abp = torch.broadcast_tensors(torch.as_tensor(alpha_bar).cpu(),
+                                          torch.as_tensor(alpha_bar_prev).cpu())
+        bad = (ab >= abp).reshape(-1)
+        if not bool(bad.any()):
+            return
+        i = int(bad.nonzero()[0, 0])
+        got = f"{float(ab.reshape(-1)[i]):.7g} and {float(abp.reshape(-1)[i]):.7g}"
+        got += f" at sample {i}" if ab.dim() else ""
+    elif alpha_bar < alpha_bar_prev:
+        return
+    else:
+        got = f"{alpha_bar!r} and {alpha_bar_prev!r}"
+    raise ValueError(f"{owner}: expected `alpha_bar` < `alpha_bar_prev` (a step that removes "
+                     f"noise), got {got}.")
+
+
 def _check_pair(x: object, y: object, alpha_bar: object, *, owner: str, x_arg: str,
                 y_arg: str) -> None:
     """``x`` (B, ...) floating, ``y`` like it, ``alpha_bar`` a number or (B,)."""
@@ -361,16 +384,17 @@ def _discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_var: Tenso
     gradient (a difference of two CDFs rounds to 0 there and needs a floor, which stops the
     gradient where the model is most wrong)."""
     inv_std = torch.exp(-0.5 * log_var)
-    centred = x - mean
-    lo, hi = inv_std * (centred - 1 / 255), inv_std * (centred + 1 / 255)  # standardised edges
+    centre, half = inv_std * (x - mean), inv_std / 255  # standardised bin centre, half-width
+    lo, hi = centre - half, centre + half
     # an inner bin as Phi(b) - Phi(a), a < b, mirrored (Phi(hi) - Phi(lo) = Phi(-lo) - Phi(-hi))
     # when it lies above 0, so that neither CDF is one rounded to 1
     flip = lo > 0
     a, b = torch.where(flip, -hi, lo), torch.where(flip, -lo, hi)
     log_a, log_b = _log_ndtr(a), _log_ndtr(b)
-    # log Phi(a) - log Phi(b) <= (b^2 - a^2) / 2 here (the inverse Mills ratio exceeds -z):
-    # the bound keeps the gap below 0 where the far tails round both logs to one value
-    gap = torch.minimum(log_a - log_b, (b - a) * (a + b) / 2)
+    # log Phi(a) - log Phi(b) <= (b^2 - a^2) / 2 = (b - a) (a + b) / 2 here (the inverse Mills
+    # ratio exceeds -z): the bound, from the exact width, keeps the gap below 0 where the far
+    # tails round both logs (or both edges) to one value
+    gap = torch.minimum(log_a - log_b, 2 * half * torch.where(flip, -centre, centre))
     inner = log_b + torch.log(-torch.expm1(gap))
     return torch.where(x < -0.999, _log_ndtr(hi),  # P(X <= x + 1/255)
                        torch.where(x > 0.999, _log_ndtr(-lo), inner))  # P(X >= x - 1/255)
@@ -394,9 +418,13 @@ def ddpm_vlb_term(
     (the posterior's log-variance floored at log 1e-20, as :func:`ddpm_variance`); where
     ``alpha_bar_prev == 1`` (the first step) it is the decoder's negative log-likelihood
     ``-log p(x0 | x_1)``, DDPM's discretised Gaussian for data in [-1, 1] at 8 bits (bins of
-    width 2/255, the end bins open), taken in log space so that it and its gradient stay exact
-    for a bin any number of stds into a tail (no floor on the bin's mass). Both are averaged
-    over the non-batch dimensions and divided by ``ln 2``, as the paper's code reports them.
+    width 2/255, the end bins open), taken in log space so that it and its gradient stay finite
+    for a bin any number of stds into a tail, exact as far as the dtype resolves the bin (no
+    floor on the bin's mass). The decoder's learned range runs down to ``log 1e-20``, the floor
+    of :func:`ddpm_variance` and diffusers' sampler; Improved DDPM's code uses the next step's
+    posterior variance there instead, so its ``L_0`` differs for the same ``v``. Both terms are
+    averaged over the non-batch dimensions and divided by ``ln 2``, as the paper's code reports
+    them. ``alpha_bar < alpha_bar_prev`` is required (checked for tensors in eager mode).
 
     For the hybrid objective ``L_simple + lambda L_vlb`` (lambda = 0.001), pass a detached
     ``x0_pred``, so that this term trains only the variance, and estimate ``L_vlb`` by
@@ -413,6 +441,7 @@ def ddpm_vlb_term(
         check_like(value, x0, owner=owner, arg=arg, ref_arg="x0")
     _check_alpha(alpha_bar, x0, batch, owner=owner, arg="alpha_bar")
     _check_alpha(alpha_bar_prev, x0, batch, owner=owner, arg="alpha_bar_prev")
+    _check_alpha_order(alpha_bar, alpha_bar_prev, owner=owner)
     work = torch.promote_types(x0.dtype, torch.float32)
     x0w, xtw, predw, vw = (a.to(work) for a in (x0, x_t, x0_pred, predicted_variance))
     ab = alpha_bar.to(work) if isinstance(alpha_bar, Tensor) else alpha_bar
@@ -426,11 +455,17 @@ def ddpm_vlb_term(
                              .clamp_min(1e-20)).expand_as(x0w)
     numel = math.prod(x0.shape[1:])
     flat = (batch, numel)
+    first = torch.as_tensor(abp, device=x0.device) >= 1  # 0-d or (B,): the decoder's samples
+    first_x = first.reshape(first.shape + (1,) * (x0.dim() - first.dim()))
+    # each term sees the model only in its own samples (the exact posterior in the others), so
+    # an overflow in the term not taken cannot turn the gradient of the one taken into NaN
+    kl_mean = torch.where(first_x, true_mean, model_mean)
+    kl_log_var = torch.where(first_x, true_log_var, model_log_var)
     kl = gaussian_kl(true_mean.reshape(flat), true_log_var.reshape(flat),
-                     model_mean.reshape(flat), model_log_var.reshape(flat))  # (B,) summed
-    nll = -_discretized_gaussian_log_likelihood(x0w, model_mean, model_log_var)
+                     kl_mean.reshape(flat), kl_log_var.reshape(flat))  # (B,) summed
+    nll = -_discretized_gaussian_log_likelihood(x0w, torch.where(first_x, model_mean, x0w),
+                                                torch.where(first_x, model_log_var, 0.0))
     nll = nll.reshape(flat).sum(-1)  # (B,)
-    first = abp >= 1 if isinstance(abp, Tensor) else torch.tensor(abp >= 1, device=x0.device)
     return torch.where(first, nll, kl) / (max(numel, 1) * math.log(2.0))
 
 
