@@ -212,6 +212,14 @@ def test_model_selection_keeps_the_single_sensor_models() -> None:
     # decision_learned's classifiers run without gradients: not end to end.
     with pytest.raises(ValueError, match="--robustness"):
         utd_mhad.robust_models(specs, ["decision_learned"])
+    # a pair leaves a sensor out: its absent and attack rows would not exist
+    with pytest.raises(ValueError, match=r"--robustness \['inertial\+skeleton'\]"):
+        utd_mhad.robust_models(specs, ["inertial+skeleton"])
+    # no default trains under these --models: nothing to evaluate is an error, not a no-op
+    with pytest.raises(ValueError, match=r"--robustness \[\]"):
+        utd_mhad.robust_models(kept, [])
+    with pytest.raises(ValueError, match="at least one fusion"):
+        utd_mhad.select_models(specs, ["inertial"])
 
 
 def test_end_to_end_model_names_missing_inputs() -> None:
@@ -225,6 +233,9 @@ def test_end_to_end_model_names_missing_inputs() -> None:
     mask = torch.ones(2, 30, dtype=torch.bool)
     with pytest.raises(ModalityError, match="mask:inertial"):
         model({"inertial": x}, None)
+    with pytest.raises(ModalityError, match=r"^EndToEnd: expected the fusion's sensors to be "
+                       r"those of `encoders` \['inertial'\], got \['skeleton'\]\.$"):
+        EndToEnd({"inertial": single.encoder}, classifiers={"skeleton": single.head})
     # One expert: the product is that model's own distribution.
     single.eval()
     out = model({"inertial": x, "mask:inertial": mask}, None)

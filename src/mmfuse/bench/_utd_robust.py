@@ -55,6 +55,11 @@ class EndToEnd(nn.Module):
         if (head is None) == (classifiers is None):
             raise ValueError("EndToEnd: expected exactly one of `head` and `classifiers`.")
         self.sensors = tuple(encoders)
+        fused = (tuple(classifiers) if classifiers is not None
+                 else tuple(getattr(head, "sensors", self.sensors)))
+        if set(fused) != set(self.sensors):
+            raise ModalityError(f"EndToEnd: expected the fusion's sensors to be those of "
+                                f"`encoders` {list(self.sensors)}, got {list(fused)}.")
         self.encoders = nn.ModuleDict(dict(encoders))
         self.head = head
         self.classifiers = nn.ModuleDict(dict(classifiers)) if classifiers is not None else None

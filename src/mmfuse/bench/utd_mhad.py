@@ -89,21 +89,26 @@ def select_models(specs: Mapping[str, Any], models: Sequence[str] | None
     if unknown:
         raise ValueError(f"utd-mhad: unknown --models {unknown}; expected names from "
                          f"{list(specs)}.")
+    if all(specs[m]["kind"] == "single" for m in models):
+        raise ValueError(f"utd-mhad: expected at least one fusion in --models (the single-"
+                         f"sensor models always train), got {list(models)}.")
     return {k: v for k, v in specs.items() if v["kind"] == "single" or k in models}
 
 
 def robust_models(specs: Mapping[str, Any], names: Sequence[str] | None) -> list[str]:
-    """The models ``--robustness`` evaluates: ``names`` (each a feature-level fusion or the
-    product of experts, which run end to end), or, for an empty list, those of
-    ``ROBUST_DEFAULT`` that train."""
+    """The models ``--robustness`` evaluates: ``names`` (each a feature-level fusion of all
+    three sensors or the product of experts, which run end to end), or, for an empty list,
+    those of ``ROBUST_DEFAULT`` that train."""
     if names is None:
         return []
+    allowed = [k for k, v in specs.items()
+               if v["kind"] in ("feature", "product") and tuple(v["sensors"]) == SENSORS]
     chosen = list(names) or [n for n in ROBUST_DEFAULT if n in specs]
-    bad = [n for n in chosen if n not in specs or specs[n]["kind"] not in ("feature", "product")]
-    if bad:
-        raise ValueError(f"utd-mhad: --robustness {bad}: expected trained feature-level "
-                         "fusions or decision_product (end-to-end differentiable), from "
-                         f"{[k for k, v in specs.items() if v['kind'] in ('feature', 'product')]}.")
+    bad = [n for n in chosen if n not in allowed]
+    if bad or not chosen:
+        raise ValueError(f"utd-mhad: --robustness {bad or chosen}: expected trained "
+                         "feature-level fusions of all three sensors or decision_product (end "
+                         f"to end differentiable), from {allowed}.")
     return chosen
 
 
@@ -280,8 +285,7 @@ def run_seed(train: Split, test: Split, seed: int, *, quick: bool, epochs: int,
         log(f"  seed {seed} {name:<28} acc {results[name]['clean']:.3f}  "
             f"({results[name]['seconds']:.0f} s)")
         if name in robust:
-            if wrapped is None:
-                raise ValueError(f"utd-mhad: {name} cannot run end to end for --robustness.")
+            assert wrapped is not None  # robust_models admits only models that wrap
             t_rob = time.perf_counter()
             rob = evaluate(wrapped, test, grid=grid or GRID, seed=seed)
             rob["seconds"] = time.perf_counter() - t_rob
@@ -429,12 +433,12 @@ def run(args: argparse.Namespace) -> int:
     head_epochs = 3 if args.quick else SETTINGS["head_epochs"]
     views = 2 if args.quick else SETTINGS["views"]
     workers = 1 if args.quick else max(1, min(2, os.cpu_count() or 1))
+    specs = select_models(model_specs(args.quick), getattr(args, "models", None))
+    robust = robust_models(specs, getattr(args, "robustness", None))  # both before the read
     train, test = load_splits(args.data_dir, train_s, test_s, workers=workers)
     print(f"UTD-MHAD: {train['label'].numel()} training sequences (subjects {train_s}), "
           f"{test['label'].numel()} test (subjects {test_s}); read in "
           f"{time.perf_counter() - start:.0f} s")
-    specs = select_models(model_specs(args.quick), getattr(args, "models", None))
-    robust = robust_models(specs, getattr(args, "robustness", None))
     per_seed = [run_seed(train, test, seed, quick=args.quick, epochs=epochs,
                          head_epochs=head_epochs, views=views, models=list(specs),
                          robust=robust, grid=QUICK_GRID if args.quick else GRID)
