@@ -51,7 +51,7 @@ from .functional.contrastive._checks import (
     _check_positives,
     _check_weights,
     _Inputs,
-    _tile_size,
+    _tile_for,
 )
 from .functional.contrastive._common import _anchor_weights
 from .functional.contrastive._negatives import _check_negatives, _info_nce_negatives
@@ -434,7 +434,7 @@ def _pairs_share(a: Tensor, b: Tensor, a_all: Tensor, b_all: Tensor, scale: Tens
     """This rank's share of InfoNCE with pairs by row or by group id."""
     n, offset, total = sizes[rank], sum(sizes[:rank]), sum(sizes)
     pairs, v_all = _global_pairs(n, offset, total, positives, inp, group=group, owner=owner)
-    tile = _tile_size(chunk_size, n, total, owner=owner)
+    tile = _tile_for(chunk_size, a, total, owner=owner)
     parts = []
     for on, q, k_all in (("a2b", a, b_all), ("b2a", b, a_all)):
         if direction not in ("both", on):
@@ -462,7 +462,7 @@ def _negatives_share(a: Tensor, b: Tensor, negatives: Tensor, scale: Tensor, inp
     neg = negatives
     if negatives.dim() == 2:
         neg = _gather(negatives, group=group, owner=owner, arg="negatives")[0]
-    tile = _tile_size(chunk_size, a.shape[0], neg.shape[0], owner=owner) \
+    tile = _tile_for(chunk_size, a, neg.shape[0], owner=owner) \
         if neg.dim() == 2 else None
     per = _info_nce_negatives(a, b, neg, scale, valid=inp.valid, normalize=normalize,
                               eps=float(label_smoothing), tile=tile)
@@ -544,7 +544,7 @@ def supcon_gathered(
     v_all = None if w_all is None else (w_all if w_all.dtype == torch.bool else w_all != 0)
     st = _rows(flat.z, z_all, scale, pairs=make_pairs(n, total, groups_q=ids, groups_k=ids_all),
                self_offset=offset, vq=flat.valid, vk=v_all, normalize=normalize,
-               lse_p=variant == "in", tile=_tile_size(chunk_size, n, total, owner=owner))
+               lse_p=variant == "in", tile=_tile_for(chunk_size, flat.z, total, owner=owner))
     term = _supcon_terms(st, variant)
     w = _anchor_weights(st.n_pos, flat.weights, reduction)
     loss = _global_mean((w * term).sum(), w.sum(), group)
@@ -621,7 +621,7 @@ def siglip_gathered(
     n, offset, total = sizes[rank], sum(sizes[:rank]), sum(sizes)
     _check_rows(total, owner, "`a` and `b`", "B")
     pairs, v_all = _global_pairs(n, offset, total, positives, inp, group=group, owner=owner)
-    tile = _tile_size(chunk_size, n, total, owner=owner) if n else None
+    tile = _tile_for(chunk_size, a, total, owner=owner) if n else None
     if tile is None:
         per_row = _siglip_dense(a, b_all, scale, bias, pairs, inp.valid, v_all, normalize)
     else:

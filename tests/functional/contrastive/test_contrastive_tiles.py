@@ -8,7 +8,8 @@ import torch
 
 from mmfuse.functional import info_nce, siglip_loss
 from mmfuse.functional.contrastive import _tiled as tiled_mod
-from mmfuse.functional.contrastive._common import _auto_tile, _run_row_blocks
+from mmfuse.functional.contrastive._checks import _tile_for
+from mmfuse.functional.contrastive._common import DEFAULT_TILE, _auto_tile, _run_row_blocks
 
 
 @pytest.fixture
@@ -164,6 +165,17 @@ def test_auto_tile():
     assert _auto_tile(1500, 1500, 256, 2) == 512
     assert _auto_tile(700, 700, 256, 2) == 350  # every thread gets rows
     assert _auto_tile(100_000, 100_000, 1, 1) == 2048  # buffers stay small
+
+
+def test_auto_tile_is_for_cpu_only(two_threads):
+    # the cache-sized tiles and the rows-per-thread cap are CPU reasons: on another device (one
+    # worker walks the blocks) "auto" keeps DEFAULT_TILE; a given size or the dense path stays
+    cpu, other = torch.empty(1100, 16), torch.empty(1100, 16, device="meta")
+    assert _tile_for("auto", cpu, 1100, owner="t") == _auto_tile(1100, 1100, 16, 2) == 550
+    assert _tile_for("auto", other, 1100, owner="t") == DEFAULT_TILE
+    assert _tile_for(None, other, 1100, owner="t") == DEFAULT_TILE
+    assert _tile_for(300, other, 1100, owner="t") == 300
+    assert _tile_for("auto", cpu[:500], 500, owner="t") is None
 
 
 def test_chunk_size_auto_uses_the_auto_tile(two_threads):

@@ -121,7 +121,7 @@ def make_pairs(n_q: int, n_k: int, *, offset: int = 0, groups_q: Tensor | None =
 
 def _chunk(chunk_size: object, a: Tensor, owner: object) -> int | None:
     """The tile size (None: dense); ``"auto"`` and None pick it from B, D and the threads."""
-    return _tile_for(chunk_size, a.shape[0], a.shape[0], a.shape[1], owner=owner)
+    return _tile_for(chunk_size, a, a.shape[0], owner=owner)
 
 
 def _weighted_mean(terms: Tensor, count: Tensor, weights: Tensor | None,
@@ -157,7 +157,7 @@ def _info_nce(
     if negatives is not None:
         inp = _check_pair_inputs(a, b, None, weights, owner=owner)
         neg = _check_negatives(negatives, a, positives, direction, owner=owner)
-        tile = _tile_for(chunk_size, a.shape[0], neg.shape[0], a.shape[1], owner=owner) \
+        tile = _tile_for(chunk_size, a, neg.shape[0], owner=owner) \
             if neg.dim() == 2 else None
         per = _info_nce_negatives(a, b, neg, scale, valid=inp.valid, normalize=normalize,
                                   eps=float(label_smoothing), tile=tile)
@@ -221,9 +221,10 @@ def info_nce(
         label_smoothing: As in :func:`torch.nn.functional.cross_entropy`: the target puts
             ``label_smoothing`` uniformly over the kept candidates.
         direction: ``"both"`` (mean of the two directions), ``"a2b"`` or ``"b2a"``.
-        chunk_size: None or ``"auto"``: tiled when B > :data:`DEFAULT_TILE` (tiles of about
-            ``sqrt(2**28 / D)`` rows, at most B / threads), dense otherwise; an int: always
-            tiled, with tiles of that many rows and columns.
+        chunk_size: None or ``"auto"``: tiled when B > :data:`DEFAULT_TILE` (on CPU tiles
+            of about ``sqrt(2**26 / D)`` rows, at most B / threads; elsewhere
+            :data:`DEFAULT_TILE`), dense otherwise; an int: always tiled, with tiles of that
+            many rows and columns.
         negatives: Explicit negative keys (the info-nce-pytorch interface): (M, D) shared by
             every query, or (B, M, D), each query's own. Then each ``a_i`` is scored against
             its positive ``b_i`` and the negatives only, ``-log(e^{L_ii} / (e^{L_ii} +

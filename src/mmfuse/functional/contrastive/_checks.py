@@ -118,12 +118,15 @@ def _tile_size(chunk_size: object, n_q: int, n_k: int, *, owner: object) -> int 
     return chunk_size
 
 
-def _tile_for(chunk_size: object, n_q: int, n_k: int, dim: int, *, owner: object) -> int | None:
-    """:func:`_tile_size`, with ``"auto"``/None tiles sized from the rows, D and the threads."""
+def _tile_for(chunk_size: object, like: Tensor, n_k: int, *, owner: object) -> int | None:
+    """:func:`_tile_size` for ``like``'s (n_q, D) query rows against ``n_k`` keys, with
+    ``"auto"``/None tiles sized from the rows, D and the threads on CPU (elsewhere, and while
+    compiling, :data:`DEFAULT_TILE`)."""
+    n_q, dim = like.shape[0], like.shape[-1]
     tile = _tile_size(chunk_size, n_q, n_k, owner=owner)
     if tile is None or not (chunk_size is None or chunk_size == "auto"):
         return tile
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or like.device.type != "cpu":
         return tile
     return _auto_tile(n_q, n_k, dim, torch.get_num_threads())
 

@@ -8,8 +8,9 @@ Two tile bodies give the same values to rounding:
 
 - the fast one (one positive per anchor, eager mode, every logit within +-40 in float32, +-300
   in float64: then ``exp(L)`` is finite and normal without subtracting a maximum) does a tile
-  in a handful of passes over one preallocated buffer: the forward ``mm``, ``exp_`` and the row
-  and column sums (one exponential serves both directions); the backward ``mm``, ``exp_``, one
+  in a handful of passes over one preallocated buffer: the forward ``mm``, ``exp2_`` (the
+  query rows carry ``log2 e``, so ``2^(L log2 e) = e^L``) and the row and column sums (one
+  exponential serves both directions); the backward ``mm``, ``exp2_``, one
   multiply by ``a_i + b_j`` (``a_i = h_i exp(-N_i)``, the per-anchor coefficients, folded in
   float64) and the two gradient matmuls. Label smoothing's constant part is a rank-one term
   applied outside the tiles.

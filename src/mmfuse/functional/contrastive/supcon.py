@@ -128,7 +128,7 @@ def _supcon(features: Tensor, labels: Tensor | None, scale: Tensor, *, variant: 
     _check_options(variant, reduction, owner=owner)
     flat = _flatten(features, labels, weights, owner=owner)
     n = flat.z.shape[0]
-    tile = _tile_for(chunk_size, n, n, flat.z.shape[1], owner=owner)
+    tile = _tile_for(chunk_size, flat.z, n, owner=owner)
     st = _rows(flat.z, flat.z, scale, pairs=_Pairs("group", n, n, gq=flat.ids, gk=flat.ids),
                self_offset=0, vq=flat.valid, vk=flat.valid, normalize=normalize,
                lse_p=variant == "in", tile=tile)
