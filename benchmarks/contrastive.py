@@ -15,7 +15,8 @@ three in turn (after one warm-up each); times are medians, "time / open_clip" th
 the per-repeat ratios. "% of mm peak" is 6 B^2 D / time against the float32 matmul rate
 (the best large ``torch.mm`` measured at the start and the end of the same run, before any
 background load). "% of paired mm" is the same ratio taken per repeat against a matmul probe
-(best of two large ``torch.mm``) run just before that repeat, under the same load, then the
+(the best of as many large ``torch.mm`` as each of the two peak measurements) run just
+before that repeat, under the same load, then the
 median: a shared machine's speed drifts by tens of percent within minutes, which the
 start-and-end peak does not follow.
 
@@ -251,7 +252,7 @@ def compare(sizes: list[int], args: argparse.Namespace, repeats: int) -> list[Ro
         times: dict[str, list[float]] = {i: [] for i in impls}
         probe: list[float] = []  # GFLOP/s of the matmul probe run just before each repeat
         for _ in range(repeats):
-            probe.append(matmul_peak(args.probe_n, 2, dtype, args.device))
+            probe.append(matmul_peak(args.probe_n, args.probe_repeats, dtype, args.device))
             for impl in impls:
                 times[impl].append(step(impl, a, b, scale, args.tile))
         for impl in args.impls:
@@ -296,16 +297,20 @@ def table(rows: list[Row], args: argparse.Namespace, peak: float) -> None:
               f"| {eff:.0f}% | {pe} |")
 
 
-def one_step(batch: int, args: argparse.Namespace, peak: float) -> None:
-    """One exact training step of the tiled loss, timed and measured in a fresh process."""
+def one_step(batch: int, args: argparse.Namespace, peak: float, before: float) -> None:
+    """One exact training step of the tiled loss, timed and measured in a fresh process;
+    ``before``: the matmul rate measured right before it."""
     print(f"B={batch}, D={args.dim}: one forward + backward of the tiled loss "
           f"(a fresh process; this takes a while)...", flush=True)
     mem = measure("tiled", batch, args)
-    after = matmul_peak(args.probe_n, 5, DTYPES[args.dtype], args.device)
+    after = matmul_peak(args.probe_n, args.probe_repeats, DTYPES[args.dtype], args.device)
+    flops = 6 * batch**2 * args.dim
     print(f"{args.dtype} torch.mm right after the step: {after:.1f} GFLOP/s; the floor uses "
-          f"the best rate of the run, {max(peak, after):.1f}")
+          f"the best rate of the run, {max(peak, after):.1f}; time / floor at the rate right "
+          f"before the step ({before:.1f}): {mem['seconds'] * before * 1e9 / flops:.2f}x, "
+          f"right after: {mem['seconds'] * after * 1e9 / flops:.2f}x")
     peak = max(peak, after)
-    floor = 6 * batch**2 * args.dim / (peak * 1e9)
+    floor = flops / (peak * 1e9)
     print("\n| B | time (s) | FLOP floor (s) | time / floor | % of mm peak | peak growth (MB) "
           "| loss memory (MB) |")
     print("|---|---|---|---|---|---|---|")
@@ -346,7 +351,7 @@ def main() -> None:
     sizes = args.sizes or ([512, 1024, 2048] if args.quick else [1024, 4096, 16384, 32768])
     repeats = args.repeats or (1 if args.quick else 3)
     peak_n, peak_repeats = (1024, 3) if args.quick else (4096, 5)
-    args.probe_n = peak_n
+    args.probe_n, args.probe_repeats = peak_n, peak_repeats  # each probe as the peak
     dtype = DTYPES[args.dtype]
     peak = matmul_peak(peak_n, peak_repeats, dtype, args.device)
     print(f"torch {torch.__version__}, {args.device}, {args.dtype}, {args.threads} threads, "
@@ -367,7 +372,7 @@ def main() -> None:
         table(rows, args, peak)
     with background_load(args.load, args.load_seconds):
         for batch in (s for s in sizes if s > ONE_STEP_ABOVE):
-            one_step(batch, args, peak)
+            one_step(batch, args, peak, before=end_peak)
 
 
 if __name__ == "__main__":
