@@ -1,6 +1,7 @@
 """benchmarks/peers.py --quick: every row within the bound its test asserts, each bound still
 the one written in that test, and every README peer-table row that names a peer package
-measured by the script (so the figures, the tests and the README cannot drift apart)."""
+measured by the script, and docs/peers.md's table of the same rows and bounds (so the figures,
+the tests, the README and the docs cannot drift apart)."""
 
 from __future__ import annotations
 
@@ -129,6 +130,20 @@ def test_readme_peer_rows_appear_in_the_output(quick: tuple[str, list[dict]]) ->
         assert any(r["dist"] == dist and (r["version"] is None or
                                           r["capability"].split()[0].strip(":,") == first)
                    for r in rows), f"README row '{first} ...' compared with {dist}: not measured"
+
+
+def test_docs_table_has_every_row_with_its_bound(quick: tuple[str, list[dict]]) -> None:
+    # docs/peers.md holds a full run's table: the same rows, peers and bounds as any run
+    out, _ = quick
+    printed = [line for line in out.splitlines() if line.startswith("| ")][1:]  # no header
+    doc = [line for line in (ROOT / "docs" / "peers.md").read_text().splitlines()
+           if line.startswith("| ")][1:]
+
+    def key(line: str) -> tuple[str, ...]:  # capability, peer, dtype, bound
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        return cells[0], cells[1], cells[2], cells[6]
+
+    assert [key(line) for line in doc] == [key(line) for line in printed]
 
 
 def test_row_arithmetic_and_a_missing_peer() -> None:
