@@ -185,6 +185,10 @@ def test_quick_robustness_run_agrees_with_the_benchmark(tmp_path: Path) -> None:
         assert _count(prod[others], n) == _count(acc[m]["mean"], n), m
     assert (tmp_path / "robustness-decision_product.png").stat().st_size > 10_000
     assert "| absent | absent | inertial+skeleton |" in proc.stdout
+    scales = res["robustness"][robust[0]]["scales"]
+    assert set(scales) == set(sensors) and all(v > 0 for v in scales.values())
+    assert ("sensor std units (over the padded test tensors, padding as zeros): " + ", ".join(
+        f"{m} {scales[m]:.2f}" for m in sensors)) in proc.stdout
     # Combining runs (here the same run twice) keeps each row: the same mean, std 0.
     assert main(["bench", "utd-mhad", "--combine", str(tmp_path), str(tmp_path),
                  "--out", str(tmp_path / "both")]) == 0

@@ -465,6 +465,9 @@ def _write(result: dict[str, Any], out: Path) -> int:
         print("\nRobustness (test accuracy, mean ± std over seeds; noise std and L-inf budgets "
               "in units of each sensor's std):")
         print(robust_table(result["robustness"]))
+        scales = next(iter(result["robustness"].values()))["scales"]
+        print("sensor std units (over the padded test tensors, padding as zeros): "
+              + ", ".join(f"{m} {v:.2f}" for m, v in scales.items()))
         for path in plot_tables(result["robustness"], out, seeds=result["seeds"]):
             print(f"wrote {path}")
     print(f"wrote {out / 'results.json'} and {out / 'utd_mhad.png'} in {result['seconds']:.0f} s")
