@@ -57,7 +57,7 @@ from .functional.contrastive._common import _anchor_weights
 from .functional.contrastive._negatives import _check_negatives, _info_nce_negatives
 from .functional.contrastive._pairs import _Pairs
 from .functional.contrastive._rows import _rows
-from .functional.contrastive._siglip import _siglip_dense, _TiledSigLIP
+from .functional.contrastive._siglip import _siglip_sums
 from .functional.contrastive.supcon import (
     VARIANTS,
     _check_options,
@@ -621,15 +621,10 @@ def siglip_gathered(
     n, offset, total = sizes[rank], sum(sizes[:rank]), sum(sizes)
     _check_rows(total, owner, "`a` and `b`", "B")
     pairs, v_all = _global_pairs(n, offset, total, positives, inp, group=group, owner=owner)
-    tile = _tile_for(chunk_size, a, total, owner=owner) if n else None
-    if tile is None:
-        per_row = _siglip_dense(a, b_all, scale, bias, pairs, inp.valid, v_all, normalize)
-    else:
-        cfg = {"pairs": pairs, "vq": inp.valid, "vk": v_all, "tile": tile,
-               "normalize": normalize}
-        per_row = _TiledSigLIP.apply(a, b_all, scale, bias, cfg)
-    w = torch.ones_like(per_row) if inp.weights is None else inp.weights.to(per_row.dtype)
-    loss = _global_mean((w * per_row).sum(), w.sum(), group)
+    num, den = _siglip_sums(a, b_all, scale, bias, pairs=pairs, vq=inp.valid, vk=v_all,
+                            tile=_tile_for(chunk_size, a, total, owner=owner) if n else None,
+                            normalize=normalize, weights=inp.weights)
+    loss = _global_mean(num, den, group)
     if grad_reduction == "mean":
         loss = _as_global_loss(loss, group)
     out_dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype),

@@ -48,7 +48,7 @@ from ._common import DEFAULT_TILE, NORM_EPS, REDUCTIONS, _anchor_weights
 from ._dense import _info_nce_dense
 from ._negatives import _check_negatives, _info_nce_negatives
 from ._pairs import _Pairs
-from ._siglip import _siglip_dense, _TiledSigLIP
+from ._siglip import _siglip_sums
 from ._tiled import _TiledInfoNCE
 from .supcon import VARIANTS, nt_xent_loss, supcon_loss
 
@@ -283,15 +283,10 @@ def _siglip(
 ) -> Tensor:
     """:func:`siglip_loss` with the scale and bias as tensors (as the module stores them)."""
     inp = _check_pair_inputs(a, b, positives, weights, owner=owner)
-    tile = _chunk(chunk_size, a, owner)
-    if tile is None:
-        per_row = _siglip_dense(a, b, scale, bias, inp.pairs, inp.valid, inp.valid, normalize)
-    else:
-        cfg = {"pairs": inp.pairs, "vq": inp.valid, "vk": inp.valid, "tile": tile,
-               "normalize": normalize}
-        per_row = _TiledSigLIP.apply(a, b, scale, bias, cfg)
-    w = torch.ones_like(per_row) if inp.weights is None else inp.weights.to(per_row.dtype)
-    loss = (w * per_row).sum() / w.sum().clamp_min(torch.finfo(per_row.dtype).tiny)
+    num, den = _siglip_sums(a, b, scale, bias, pairs=inp.pairs, vq=inp.valid, vk=inp.valid,
+                            tile=_chunk(chunk_size, a, owner), normalize=normalize,
+                            weights=inp.weights)
+    loss = num / den.clamp_min(torch.finfo(num.dtype).tiny)
     out_dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype),
                                     torch.promote_types(scale.dtype, bias.dtype))
     return loss.to(out_dtype)

@@ -19,7 +19,7 @@ from ._common import (
 )
 from ._pairs import _Pairs
 
-__all__ = ["_TiledSigLIP", "_siglip_dense"]
+__all__ = ["_TiledSigLIP", "_siglip_dense", "_siglip_sums"]
 
 
 def _siglip_dense(q: Tensor, k: Tensor, scale: Tensor, bias: Tensor, pairs: _Pairs,
@@ -131,3 +131,18 @@ class _TiledSigLIP(torch.autograd.Function):
         grad_q, grad_k, grad_scale = _embedding_grads(
             ctx.needs_input_grad, q, k, scale, s, qh, kh, dq, dk, vq, vk, cfg["normalize"])
         return grad_q, grad_k, grad_scale, grad_bias, None
+
+
+def _siglip_sums(q: Tensor, k: Tensor, scale: Tensor, bias: Tensor, *, pairs: _Pairs,
+                 vq: Tensor | None, vk: Tensor | None, tile: int | None, normalize: bool,
+                 weights: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The weighted sum of the per-anchor SigLIP terms of the rows ``q`` against the keys
+    ``k`` (dense for ``tile=None``, else tiled) and the sum of the weights (ones by default):
+    the loss is their ratio, over one process or over the ranks."""
+    if tile is None:
+        per_row = _siglip_dense(q, k, scale, bias, pairs, vq, vk, normalize)
+    else:
+        cfg = {"pairs": pairs, "vq": vq, "vk": vk, "tile": tile, "normalize": normalize}
+        per_row = _TiledSigLIP.apply(q, k, scale, bias, cfg)
+    w = torch.ones_like(per_row) if weights is None else weights.to(per_row.dtype)
+    return (w * per_row).sum(), w.sum()
