@@ -143,7 +143,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-_RUNS: dict[int, list[dict[str, Any]]] = {}
+_RUNS: dict[tuple[str, int], list[dict[str, Any]]] = {}
+
+
+def rel_diff(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The largest difference relative to the largest magnitude of ``want``."""
+    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
 
 
 def assert_every_rank_raised(results: list[dict[str, Any]], case: str, kind: str,
@@ -175,11 +180,17 @@ def spawn_world(target: Any, world: int) -> list[dict[str, Any]]:
         return [torch.load(os.path.join(tmp, f"{r}.pt")) for r in range(world)]
 
 
+def cached_world(target: Any, world: int) -> list[dict[str, Any]]:
+    """:func:`spawn_world` once per test session for each worker and world size."""
+    key = (f"{target.__module__}.{target.__qualname__}", world)
+    if key not in _RUNS:
+        _RUNS[key] = spawn_world(target, world)
+    return _RUNS[key]
+
+
 def run_world(world: int) -> list[dict[str, Any]]:
-    """Spawn ``world`` ranks once per test session; every rank's results, in rank order."""
-    if world not in _RUNS:
-        _RUNS[world] = spawn_world(worker, world)
-    return _RUNS[world]
+    """Every rank's results of this module's worker on ``world`` ranks, in rank order."""
+    return cached_world(worker, world)
 
 
 @pytest.mark.slow  # ~20 s a world size: spawning processes that import torch

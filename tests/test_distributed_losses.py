@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from mmfuse.alignment import InfoNCELoss, SupConLoss
-from test_distributed import init_rank, spawn_world
+from test_distributed import cached_world, init_rank, rel_diff
 
 D = 5
 SIZES = [3, 0, 4]  # rank 1 holds an empty batch
@@ -99,34 +99,25 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-_RUN: list[list[dict[str, Any]]] = []
-
-
-def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
-
-
 @pytest.mark.slow  # ~20 s: spawning processes that import torch
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[c[0] for c in CASES])
 def test_gathered_shares_sum_to_the_single_process_loss(index: int) -> None:
-    if not _RUN:
-        _RUN.append(spawn_world(worker, len(SIZES)))
     name = CASES[index][0]
-    ranks = [r[name] for r in _RUN[0]]
+    ranks = [r[name] for r in cached_world(worker, len(SIZES))]
     assert all(isinstance(r, dict) for r in ranks), ranks
     want = run_case(index, None)
     if CASES[index][1].get("grad_reduction") == "mean":
         # every rank: the global loss; DDP's mean of the gradients is the single-process one
         for r in ranks:
-            assert _rel(r["loss"], want["loss"]) < 1e-10
+            assert rel_diff(r["loss"], want["loss"]) < 1e-10
         world = len(ranks)
-        assert _rel(sum(r["scale_grad"] for r in ranks) / world, want["scale_grad"]) < 1e-10
+        assert rel_diff(sum(r["scale_grad"] for r in ranks) / world, want["scale_grad"]) < 1e-10
         for arg, g in want["grads"].items():
             got = torch.cat([r["grads"][arg] for r in ranks]) / world
-            assert got.shape == g.shape and _rel(got, g) < 1e-10, arg
+            assert got.shape == g.shape and rel_diff(got, g) < 1e-10, arg
         return
-    assert _rel(sum(r["loss"] for r in ranks), want["loss"]) < 1e-10
-    assert _rel(sum(r["scale_grad"] for r in ranks), want["scale_grad"]) < 1e-10
+    assert rel_diff(sum(r["loss"] for r in ranks), want["loss"]) < 1e-10
+    assert rel_diff(sum(r["scale_grad"] for r in ranks), want["scale_grad"]) < 1e-10
     for arg, g in want["grads"].items():
         got = torch.cat([r["grads"][arg] for r in ranks])
-        assert got.shape == g.shape and _rel(got, g) < 1e-10, arg
+        assert got.shape == g.shape and rel_diff(got, g) < 1e-10, arg

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from mmfuse.alignment import SigLIPLoss, siglip_loss
 from mmfuse.distributed import siglip_gathered
-from test_distributed import assert_every_rank_raised, init_rank, spawn_world
+from test_distributed import assert_every_rank_raised, cached_world, init_rank, rel_diff
 
 D = 5
 
@@ -158,17 +158,8 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-_RUNS: dict[int, list[dict[str, Any]]] = {}
-
-
 def run_world(world: int) -> list[dict[str, Any]]:
-    if world not in _RUNS:
-        _RUNS[world] = spawn_world(worker, world)
-    return _RUNS[world]
-
-
-def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+    return cached_world(worker, world)
 
 
 @pytest.mark.slow  # ~20 s a world size: spawning processes that import torch
@@ -181,18 +172,18 @@ def test_gathered_siglip_equals_the_single_process_loss(index: int) -> None:
     want = run_case(index, None)
     if kwargs.get("grad_reduction") == "mean":
         for r in ranks:  # every rank returns the global loss
-            assert _rel(r["loss"], want["loss"]) < 1e-10
+            assert rel_diff(r["loss"], want["loss"]) < 1e-10
         loss, factor = None, world  # DDP divides the summed gradients by the world size
     else:
         loss, factor = sum(r["loss"] for r in ranks), 1
-        assert _rel(loss, want["loss"]) < 1e-10
+        assert rel_diff(loss, want["loss"]) < 1e-10
         assert sum(r["loss"] for r in ranks if r["a"].numel() == 0) == 0  # an empty rank's share
     for arg in ("scale", "bias"):
         got = sum(r[arg] for r in ranks) / factor
-        assert want[arg].abs() > 1e-3 and _rel(got, want[arg]) < 1e-10, arg
+        assert want[arg].abs() > 1e-3 and rel_diff(got, want[arg]) < 1e-10, arg
     for arg in ("a", "b"):
         got = torch.cat([r[arg] for r in ranks]) / factor
-        assert got.shape == want[arg].shape and _rel(got, want[arg]) < 1e-10, arg
+        assert got.shape == want[arg].shape and rel_diff(got, want[arg]) < 1e-10, arg
 
 
 @pytest.mark.slow
@@ -205,7 +196,7 @@ def test_under_ddp_every_gradient_is_the_single_process_one(world: int) -> None:
     for r, res in enumerate(run_world(world)):
         assert isinstance(res["ddp"], dict), res["ddp"]
         for k, g in want.items():
-            assert g.abs().max() > 1e-3 and _rel(res["ddp"][k], g) < 1e-10, (r, k)
+            assert g.abs().max() > 1e-3 and rel_diff(res["ddp"][k], g) < 1e-10, (r, k)
 
 
 SAME = {
