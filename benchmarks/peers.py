@@ -38,11 +38,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the comparison loops shared with the tests
 from _peers import (  # noqa: E402
+    PRED,
     ddpm_steps,
     dpm_solver_steps,
+    learned_range_head,
     random_head,
     scheduler_loop,
+    sklearn_classification_pairs,
     torchmetrics_per_query,
+    torchmetrics_stateful,
 )
 
 FSDD = Path(os.environ.get("MMFUSE_FSDD", ROOT.parent / "shared" / "data" / "fsdd"))
@@ -239,9 +243,6 @@ def untied_in_float32(sim: torch.Tensor) -> bool:
 
 
 def torchmetrics_rows(t: Table, seeds: list[int], quick: bool) -> None:
-    from torchmetrics import retrieval as tm
-    from torchmetrics.functional import retrieval as tmr
-
     from mmfuse.metrics import RetrievalMetrics, retrieval_metrics
 
     def one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
@@ -279,10 +280,9 @@ def torchmetrics_rows(t: Table, seeds: list[int], quick: bool) -> None:
                 rel = torch.rand(n, 12, generator=g) < 0.3
                 rel[:, 0] = True
                 got = retrieval_metrics(ints, positives=rel, ks=(1, 4), ties="average")
+                theirs = torchmetrics_per_query(ints, rel, (1, 4))  # every row has one
                 for k in (1, 4):
-                    tied.add(got[f"ndcg@{k}"], np.mean(
-                        [float(tmr.retrieval_normalized_dcg(ints[i], rel[i], top_k=k))
-                         for i in range(n)]))
+                    tied.add(got[f"ndcg@{k}"], theirs[f"ndcg@{k}"])
                 ql = torch.randint(0, 5, (n,), generator=g)
                 gl = torch.randint(0, 5, (m,), generator=g)
                 q, gal = torch.zeros(n, 6, dtype=dtype), torch.zeros(m, 6, dtype=dtype)
@@ -295,26 +295,16 @@ def torchmetrics_rows(t: Table, seeds: list[int], quick: bool) -> None:
                 ours.update(q[:half_q], gal[:half_g], ql[:half_q], gl[:half_g])
                 ours.update(q[half_q:], gal[half_g:], ql[half_q:], gl[half_g:])
                 got = ours.compute()
-                scores = q @ gal.T
-                relevant = ql[:, None] == gl[None, :]
-                index = torch.arange(n)[:, None].expand(n, m)
-                skip: dict[str, Any] = {"empty_target_action": "skip"}
-                theirs = {"hit_rate@5": tm.RetrievalHitRate(top_k=5, **skip),
-                          "recall@5": tm.RetrievalRecall(top_k=5, **skip),
-                          "precision@5": tm.RetrievalPrecision(top_k=5, **skip),
-                          "ndcg@5": tm.RetrievalNormalizedDCG(top_k=5, **skip),
-                          "mrr": tm.RetrievalMRR(**skip), "mAP": tm.RetrievalMAP(**skip)}
-                for key, metric in theirs.items():
-                    for part in (slice(0, n // 3), slice(n // 3, n)):
-                        metric.update(scores[part].reshape(-1), relevant[part].reshape(-1),
-                                      indexes=index[part].reshape(-1))
-                    stateful.add(got[key], float(metric.compute()))
+                theirs = torchmetrics_stateful(q @ gal.T, ql[:, None] == gl[None, :],
+                                               [slice(0, n // 3), slice(n // 3, n)])
+                for key, want in theirs.items():
+                    stateful.add(got[key], want)
 
 
 def sklearn_rows(t: Table, seeds: list[int], quick: bool) -> None:
     from sklearn import metrics as skm
 
-    from mmfuse.metrics import accuracy, f1_score, retrieval_metrics
+    from mmfuse.metrics import retrieval_metrics
 
     dist = "scikit-learn"
     shapes = [(40, 30)] if quick else [(40, 30), (120, 200), (300, 50)]
@@ -349,13 +339,8 @@ def sklearn_rows(t: Table, seeds: list[int], quick: bool) -> None:
         g = gen(seed)
         n, c = int(torch.randint(1, 200, (1,), generator=g)), int(torch.randint(1, 8, (1,), generator=g))
         target, pred = torch.randint(0, c, (2, n), generator=g)
-        cls.add(accuracy(pred, target), skm.accuracy_score(target, pred))
-        for avg in ("macro", "weighted", "micro"):
-            cls.add(f1_score(pred, target, average=avg),
-                    skm.f1_score(target, pred, average=avg, zero_division=0))
-        cls.add(f1_score(pred, target, num_classes=c + 1),
-                skm.f1_score(target, pred, average="macro", labels=list(range(c + 1)),
-                             zero_division=0))
+        for _, got, want in sklearn_classification_pairs(pred, target, c):
+            cls.add(got, want)
 
 
 # --- librosa -------------------------------------------------------------------------------
@@ -458,7 +443,6 @@ def diffusers_rows(t: Table, seeds: list[int], quick: bool) -> None:
     from mmfuse.functional import beta_schedule
 
     dist = "diffusers"
-    pred_type = {"eps": "epsilon", "v": "v_prediction"}
     mixed = "float32 (mmfuse float64)"
 
     def dpm(**config: Any) -> Any:
@@ -493,7 +477,7 @@ def diffusers_rows(t: Table, seeds: list[int], quick: bool) -> None:
                             beta_start=0.001, beta_end=0.03, variance_type=variance,
                             clip_sample=policy == "clip", clip_sample_range=1.0,
                             thresholding=policy == "threshold", dynamic_thresholding_ratio=0.9,
-                            sample_max_value=2.5, prediction_type=pred_type[prediction])
+                            sample_max_value=2.5, prediction_type=PRED[prediction])
                         sched.set_timesteps(20)
                         g = gen(seed)
                         x = torch.randn(*shape, generator=g)
@@ -509,7 +493,7 @@ def diffusers_rows(t: Table, seeds: list[int], quick: bool) -> None:
                 for threshold in (False, True):
                     sched = dpm(num_train_timesteps=1000, beta_schedule="scaled_linear",
                                 beta_start=0.00085, beta_end=0.012,
-                                prediction_type=pred_type[prediction], thresholding=threshold,
+                                prediction_type=PRED[prediction], thresholding=threshold,
                                 dynamic_thresholding_ratio=0.95, sample_max_value=1.5)
                     sched.set_timesteps(steps)
                     x = torch.randn(3, 2, 5, generator=gen(seed))
@@ -526,7 +510,7 @@ def diffusers_rows(t: Table, seeds: list[int], quick: bool) -> None:
             ts = head.timesteps(10)
             common: dict[str, Any] = {"num_train_timesteps": 100,
                                       "trained_betas": head.betas.float().tolist(),
-                                      "prediction_type": pred_type[prediction]}
+                                      "prediction_type": PRED[prediction]}
             for sampler in ("dpmpp_2m", "ddpm"):
                 if sampler == "dpmpp_2m":
                     sched = dpm(**common)
@@ -548,8 +532,6 @@ def learned_rows(t: Table, seeds: list[int], quick: bool) -> None:
     DDPMScheduler(variance_type="learned_range") around the same denoiser."""
     import diffusers
 
-    from mmfuse.alignment import DiffusionHead
-
     row = t.row("Diffusion: DiffusionHead learned-range DDPM sampling, guided, 10 steps",
                 "diffusers", "DDPMScheduler(variance_type='learned_range') loop", "float32",
                 ("rel", 3e-5), "tests/alignment/generative/test_diffusion_learned_range.py"
@@ -557,23 +539,16 @@ def learned_rows(t: Table, seeds: list[int], quick: bool) -> None:
     cases = [((2, 4, 4), "mlp"), ((6, 3), "unet")]
     for seed in seeds:
         for shape, backbone in cases if quick else [*cases, ((2, 8, 4), "unet"), ((7,), "mlp")]:
-            for prediction in ("eps", "v"):
-                torch.manual_seed(seed)
-                head = DiffusionHead(shape, 5, backbone=backbone, hidden_dim=16, num_blocks=1,
-                                     num_steps=100, unet_channels=8, prediction=prediction,
-                                     variance_type="learned_range", schedule="scaled_linear",
-                                     beta_start=0.001, beta_end=0.03).eval()
-                g = gen(seed)
-                with torch.no_grad():  # random values in the zero-initialised layers
-                    for p in head.parameters():
-                        if not p.any():
-                            p.normal_(0.0, 0.3, generator=g)
+            for prediction in ("eps", "v"):  # the test's head, at this seed
+                head = learned_range_head(shape, backbone, seed=seed, prediction=prediction,
+                                          schedule="scaled_linear", beta_start=0.001,
+                                          beta_end=0.03)
                 cond = torch.randn(3, 5, generator=gen(seed + 100))
                 noise = torch.randn(3, *shape, generator=gen(seed + 200))
                 sched = diffusers.DDPMScheduler(
                     num_train_timesteps=100, trained_betas=head.betas.float().tolist(),
-                    prediction_type={"eps": "epsilon", "v": "v_prediction"}[prediction],
-                    clip_sample=False, variance_type="learned_range")
+                    prediction_type=PRED[prediction], clip_sample=False,
+                    variance_type="learned_range")
                 sched.set_timesteps(timesteps=head.timesteps(10))
                 for scale in (1.0, 2.5):
                     got = head.sample(cond, sampler="ddpm", steps=10, noise=noise,

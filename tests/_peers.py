@@ -18,6 +18,26 @@ from mmfuse.alignment import DiffusionHead
 from mmfuse.functional import ddpm_step, dpm_solver_2m_step, dynamic_threshold, predict_start
 
 PREDICTION = {"epsilon": "eps", "v_prediction": "v"}  # diffusers' names -> mmfuse's
+PRED = {v: k for k, v in PREDICTION.items()}  # mmfuse's names -> diffusers'
+
+
+def excite(head: DiffusionHead, std: float = 0.3, seed: int = 0) -> DiffusionHead:
+    """Random values in the zero-initialised layers, so the denoiser is not identically zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in head.parameters():
+            if not bool(p.any()):
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return head
+
+
+def learned_range_head(shape: tuple[int, ...] = (1, 4, 4), backbone: str = "mlp", *,
+                       seed: int = 0, cond_dim: int = 5, **kw: Any) -> DiffusionHead:
+    """A small ``DiffusionHead(variance_type="learned_range")``, excited, in eval mode."""
+    torch.manual_seed(seed)
+    kw = {"hidden_dim": 16, "num_blocks": 1, "num_steps": 100, "unet_channels": 8,
+          "variance_type": "learned_range", **kw}
+    return excite(DiffusionHead(shape, cond_dim, backbone=backbone, **kw), seed=seed).eval()
 
 
 def torchmetrics_per_query(sim: torch.Tensor, rel: torch.Tensor, ks) -> dict[str, float]:
@@ -37,6 +57,45 @@ def torchmetrics_per_query(sim: torch.Tensor, rel: torch.Tensor, ks) -> dict[str
         out[f"recall@{k}"] = mean(tmr.retrieval_recall, top_k=k)
         out[f"precision@{k}"] = mean(tmr.retrieval_precision, top_k=k)
         out[f"ndcg@{k}"] = mean(tmr.retrieval_normalized_dcg, top_k=k)
+    return out
+
+
+def torchmetrics_stateful(scores: torch.Tensor, relevant: torch.Tensor,
+                          parts: list[slice]) -> dict[str, float]:
+    """torchmetrics' stateful retrieval metrics at k = 5 (and MRR, mAP), updated with the
+    query rows of each slice in ``parts`` in turn (grouped by ``indexes``), queries without a
+    relevant item skipped (mmfuse's ``RetrievalMetrics`` keys)."""
+    from torchmetrics import retrieval as tm
+
+    index = torch.arange(scores.shape[0])[:, None].expand_as(scores)
+    skip: dict[str, Any] = {"empty_target_action": "skip"}
+    theirs = {"hit_rate@5": tm.RetrievalHitRate(top_k=5, **skip),
+              "recall@5": tm.RetrievalRecall(top_k=5, **skip),
+              "precision@5": tm.RetrievalPrecision(top_k=5, **skip),
+              "ndcg@5": tm.RetrievalNormalizedDCG(top_k=5, **skip),
+              "mrr": tm.RetrievalMRR(**skip), "mAP": tm.RetrievalMAP(**skip)}
+    for metric in theirs.values():
+        for rows in parts:
+            metric.update(scores[rows].reshape(-1), relevant[rows].reshape(-1),
+                          indexes=index[rows].reshape(-1))
+    return {key: float(metric.compute()) for key, metric in theirs.items()}
+
+
+def sklearn_classification_pairs(pred: torch.Tensor, target: torch.Tensor,
+                                 num_classes: int) -> list[tuple[str, float, float]]:
+    """(name, mmfuse's value, scikit-learn's) for accuracy, F1 macro / weighted / micro, and
+    macro F1 over ``num_classes + 1`` classes (one never seen: zero_division=0)."""
+    from sklearn import metrics as skm
+
+    from mmfuse.metrics import accuracy, f1_score
+
+    out = [("accuracy", accuracy(pred, target), float(skm.accuracy_score(target, pred)))]
+    for avg in ("macro", "weighted", "micro"):
+        out.append((avg, f1_score(pred, target, average=avg),
+                    float(skm.f1_score(target, pred, average=avg, zero_division=0))))
+    out.append(("unseen class", f1_score(pred, target, num_classes=num_classes + 1),
+                float(skm.f1_score(target, pred, average="macro",
+                                   labels=list(range(num_classes + 1)), zero_division=0))))
     return out
 
 

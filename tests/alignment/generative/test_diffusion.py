@@ -7,21 +7,12 @@ import math
 import pytest
 import torch
 
+from _peers import excite
 from mmfuse import ShapeError
 from mmfuse.alignment import DiffusionHead
 from mmfuse.functional import alphas_cumprod, beta_schedule, v_target
 
 E = 6
-
-
-def excite(head: DiffusionHead, std: float = 0.3, seed: int = 0) -> DiffusionHead:
-    """Random values in the zero-initialised layers, so the denoiser is not identically zero."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in head.parameters():
-            if not bool(p.any()):
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-    return head
 
 
 def make(shape=(1, 4, 4), **kw) -> DiffusionHead:

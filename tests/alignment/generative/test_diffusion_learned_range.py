@@ -11,13 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _peers import scheduler_loop
+from _peers import PRED, learned_range_head, scheduler_loop
 from mmfuse import ShapeError
 from mmfuse.alignment import DiffusionHead
 from mmfuse.functional import alphas_cumprod, beta_schedule, ddpm_vlb_term, predict_start, v_target
 
 E = 5
-PRED = {"eps": "epsilon", "v": "v_prediction"}
 SHAPES = [((1, 4, 4), "mlp"), ((2, 8, 4), "unet"), ((6, 3), "unet"), ((5, 3), "mlp"), ((7,), "mlp")]
 
 
@@ -25,21 +24,8 @@ def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def excite(head: DiffusionHead, std: float = 0.3, seed: int = 0) -> DiffusionHead:
-    """Random values in the zero-initialised layers, so the denoiser is not identically zero."""
-    g = gen(seed)
-    with torch.no_grad():
-        for p in head.parameters():
-            if not bool(p.any()):
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-    return head
-
-
 def make(shape=(1, 4, 4), backbone="mlp", **kw) -> DiffusionHead:
-    torch.manual_seed(0)
-    kw = {"hidden_dim": 16, "num_blocks": 1, "num_steps": 100, "unet_channels": 8,
-          "variance_type": "learned_range", **kw}
-    return excite(DiffusionHead(shape, E, backbone=backbone, **kw)).eval()
+    return learned_range_head(shape, backbone, cond_dim=E, **kw)
 
 
 @pytest.mark.parametrize("shape, backbone", SHAPES)

@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from _peers import ddpm_steps, dpm_solver_steps, random_head, scheduler_loop
+from _peers import PRED, ddpm_steps, dpm_solver_steps, random_head, scheduler_loop
 from mmfuse.alignment import DiffusionHead
 from mmfuse.functional import (
     alphas_cumprod,
@@ -30,7 +30,6 @@ from mmfuse.functional import (
 )
 
 diffusers = pytest.importorskip("diffusers")
-PRED = {"eps": "epsilon", "v": "v_prediction"}
 
 
 def ddpm(**config):
