@@ -227,19 +227,24 @@ def test_model_selection_keeps_the_single_sensor_models() -> None:
 
 
 def test_end_to_end_model_names_missing_inputs() -> None:
-    from mmfuse.bench._utd_models import SingleModel
+    from mmfuse.bench._utd_models import ProductHead, SingleModel
     from mmfuse.bench._utd_robust import EndToEnd
     from mmfuse.errors import ModalityError
 
     single = SingleModel("inertial")
-    model = EndToEnd({"inertial": single.encoder}, classifiers={"inertial": single.head}).eval()
+    model = EndToEnd({"inertial": single.encoder},
+                     ProductHead(["inertial"], {"inertial": single.head})).eval()
     x = torch.randn(2, 30, 6)
     mask = torch.ones(2, 30, dtype=torch.bool)
     with pytest.raises(ModalityError, match="mask:inertial"):
         model({"inertial": x}, None)
     with pytest.raises(ModalityError, match=r"^EndToEnd: expected the fusion's sensors to be "
                        r"those of `encoders` \['inertial'\], got \['skeleton'\]\.$"):
-        EndToEnd({"inertial": single.encoder}, classifiers={"skeleton": single.head})
+        EndToEnd({"inertial": single.encoder}, ProductHead(["skeleton"],
+                                                           {"skeleton": single.head}))
+    with pytest.raises(ModalityError, match=r"^ProductHead: expected one classifier per sensor "
+                       r"of \['inertial', 'depth'\], got \['inertial'\]\.$"):
+        ProductHead(["inertial", "depth"], {"inertial": single.head})
     # One expert: the product is that model's own distribution.
     single.eval()
     out = model({"inertial": x, "mask:inertial": mask}, None)

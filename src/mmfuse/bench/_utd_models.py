@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..alignment import ModalityGraphAttention
 from ..data.utd_mhad import skeleton_adjacency
+from ..errors import ModalityError
 from ..fusion import (
     AttentionFusion,
     CrossAttentionFusion,
@@ -26,7 +27,7 @@ from ..fusion import (
 )
 from ._utd_prep import _time_warp
 
-__all__ = ["FEATURE_FUSIONS", "DecisionHead", "FusionHead", "build_model", "pool"]
+__all__ = ["FEATURE_FUSIONS", "DecisionHead", "FusionHead", "ProductHead", "build_model", "pool"]
 
 NUM_CLASSES = 27
 DIM = 128
@@ -253,6 +254,27 @@ class DecisionHead(nn.Module):
             logits = {m: self.heads[m](pool(tokens[m], masks[m])) for m in self.sensors}
         probs = self.decide(logits, present)
         return probs.clamp_min(1e-8).log()
+
+
+class ProductHead(nn.Module):
+    """The product of experts of the single-sensor classifiers (``DecisionFusion``'s
+    ``"product"`` on their logits; no parameters of its own), differentiable through them.
+    Returns log-probabilities."""
+
+    def __init__(self, sensors: Sequence[str], heads: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        self.sensors = tuple(sensors)
+        if set(heads) != set(self.sensors):
+            raise ModalityError(f"ProductHead: expected one classifier per sensor of "
+                                f"{list(self.sensors)}, got {sorted(heads)}.")
+        self.heads = nn.ModuleDict(dict(heads))
+        self.product = DecisionFusion(list(self.sensors), NUM_CLASSES, strategy="product",
+                                      inputs="logits")
+
+    def forward(self, tokens: Mapping[str, Tensor], masks: Mapping[str, Tensor],
+                present: Mapping[str, Tensor] | None = None) -> Tensor:
+        logits = {m: self.heads[m](pool(tokens[m], masks[m])) for m in self.sensors}
+        return self.product(logits, present).clamp_min(1e-12).log()
 
 
 class DataLevelModel(nn.Module):

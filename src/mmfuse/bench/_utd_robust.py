@@ -20,9 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ModalityError
-from ..fusion import DecisionFusion
 from ..metrics.robustness import RobustnessRow, RobustnessTable, plot_robustness, robustness
-from ._utd_models import NUM_CLASSES, pool
 from ._utd_prep import SENSORS, Split, make_batch
 
 __all__ = ["DROPOUT_AXES", "GRID", "QUICK_GRID", "ROBUST_DEFAULT", "EndToEnd", "evaluate", "mean_std",
@@ -42,29 +40,19 @@ DROPOUT_AXES = {"inertial": (1,), "skeleton": (1,), "depth": (1,)}
 
 
 class EndToEnd(nn.Module):
-    """Frozen sensor encoders and a trained fusion, from the sensor tensors to class scores.
+    """Frozen sensor encoders and a trained fusion, from the sensor tensors to class scores:
+    ``head(tokens, masks, present) -> scores`` (a ``FusionHead``, or a ``ProductHead``, the
+    product of experts of the single-sensor models)."""
 
-    ``head(tokens, masks, present) -> logits`` (a ``FusionHead``), or, with ``classifiers``
-    (one per sensor, on pooled tokens) and no head, the product of experts of the
-    single-sensor models, returned as log-probabilities.
-    """
-
-    def __init__(self, encoders: Mapping[str, nn.Module], head: nn.Module | None = None,
-                 classifiers: Mapping[str, nn.Module] | None = None) -> None:
+    def __init__(self, encoders: Mapping[str, nn.Module], head: nn.Module) -> None:
         super().__init__()
-        if (head is None) == (classifiers is None):
-            raise ValueError("EndToEnd: expected exactly one of `head` and `classifiers`.")
         self.sensors = tuple(encoders)
-        fused = (tuple(classifiers) if classifiers is not None
-                 else tuple(getattr(head, "sensors", self.sensors)))
+        fused = tuple(getattr(head, "sensors", self.sensors))
         if set(fused) != set(self.sensors):
             raise ModalityError(f"EndToEnd: expected the fusion's sensors to be those of "
                                 f"`encoders` {list(self.sensors)}, got {list(fused)}.")
         self.encoders = nn.ModuleDict(dict(encoders))
         self.head = head
-        self.classifiers = nn.ModuleDict(dict(classifiers)) if classifiers is not None else None
-        self.product = (DecisionFusion(list(self.sensors), NUM_CLASSES, strategy="product",
-                                       inputs="logits") if classifiers is not None else None)
 
     def forward(self, inputs: Mapping[str, Tensor],
                 present: Mapping[str, Tensor] | None = None) -> Tensor:
@@ -76,11 +64,7 @@ class EndToEnd(nn.Module):
         tokens, masks = {}, {}
         for m in self.sensors:
             tokens[m], masks[m] = self.encoders[m](inputs[m], inputs[f"mask:{m}"])
-        if self.head is not None:
-            return self.head(tokens, masks, None if present is None else dict(present))
-        assert self.classifiers is not None and self.product is not None
-        logits = {m: self.classifiers[m](pool(tokens[m], masks[m])) for m in self.sensors}
-        return self.product(logits, present).clamp_min(1e-12).log()
+        return self.head(tokens, masks, None if present is None else dict(present))
 
 
 def batches(split: Split, size: int = 128) -> list[tuple[dict[str, Tensor], Tensor]]:

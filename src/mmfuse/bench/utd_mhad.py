@@ -30,8 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.utd_mhad import TEST_SUBJECTS, TRAIN_SUBJECTS
-from ..fusion import DecisionFusion
-from ._utd_models import FEATURE_FUSIONS, DecisionHead, FusionHead, build_model, pool
+from ._utd_models import FEATURE_FUSIONS, DecisionHead, FusionHead, ProductHead, build_model
 from ._utd_prep import SENSORS, Split, load_splits, make_batch
 from ._utd_robust import (
     GRID,
@@ -254,17 +253,13 @@ def run_seed(train: Split, test: Split, seed: int, *, quick: bool, epochs: int,
                 test_feats = encode(encoders, test, views=0, gen=gen)
                 log(f"  seed {seed} encoded {views} augmented views of the training set "
                     f"({time.perf_counter() - t_enc:.0f} s)")
+            head: torch.nn.Module
             if spec["kind"] == "product":
-                fuse = DecisionFusion(list(sensors), 27, strategy="product", inputs="logits")
-                heads = {m: cast(torch.nn.Module, singles[m].head) for m in sensors}
+                head = ProductHead(sensors, {m: cast(torch.nn.Module, singles[m].head)
+                                             for m in sensors})
                 with torch.no_grad():
-                    for h in heads.values():
-                        h.eval()
-                    logits = {m: heads[m](pool(test_feats["tokens"][m], test_feats["masks"][m]))
-                              for m in sensors}
-                    logps = {p: fuse(logits, _present(labels.numel(), sensors, p))
-                             .clamp_min(1e-12).log() for p in patterns}
-                wrapped = EndToEnd({m: encoders[m] for m in sensors}, classifiers=heads)
+                    logps = {p: _eval_head(head, test_feats, sensors, p) for p in patterns}
+                wrapped = EndToEnd({m: encoders[m] for m in sensors}, head)
             else:
                 head = (DecisionHead(sensors, {m: cast(torch.nn.Module, singles[m].head)
                                                for m in sensors})
@@ -275,7 +270,7 @@ def run_seed(train: Split, test: Split, seed: int, *, quick: bool, epochs: int,
                 logps = {p: _eval_head(head, test_feats, sensors, [m for m in p if m in sensors])
                          for p in patterns}
                 if spec["kind"] == "feature":
-                    wrapped = EndToEnd({m: encoders[m] for m in sensors}, head=head)
+                    wrapped = EndToEnd({m: encoders[m] for m in sensors}, head)
         results[name] = {
             "clean": _accuracy(logps[()], labels),
             "absent": {"+".join(p): _accuracy(logps[p], labels) for p in patterns if p},
