@@ -224,3 +224,23 @@ def test_device_and_dtype_follow_the_inputs(device: str, dtype: torch.dtype) -> 
     loss = head.loss(x0, c[:3].repeat(2, 1)[:4].to(device, dtype), generator=gen(4))
     assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert loss.device.type == device and bool(torch.isfinite(loss))
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (2, 8, 4)])
+def test_unet_stacks_its_output_blocks_along_dim_1(shape) -> None:
+    # with the second block's output weights a copy of the first's, the two blocks along dim 1
+    # are equal: the layout the MLP denoiser and diffusers' learned range read
+    from mmfuse.alignment.generative._denoiser import UNetDenoiser
+
+    torch.manual_seed(0)
+    net = UNetDenoiser(shape, 8, 16, 1, 1, out_factor=2)
+    n = shape[0] if len(shape) == 3 else shape[1]  # output channels per block
+    with torch.no_grad():
+        net.out.weight.normal_()
+        net.out.weight[n:] = net.out.weight[:n]
+        net.out.bias[n:] = net.out.bias[:n]
+    out = net(torch.randn(2, *shape), torch.randn(2, 16))
+    assert out.shape == (2, 2 * shape[0], *shape[1:])
+    first, second = out[:, :shape[0]], out[:, shape[0]:]
+    assert bool(first.any())
+    torch.testing.assert_close(first, second)

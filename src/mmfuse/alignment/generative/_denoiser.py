@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ._common import MLPBlock, ModulatedConvBlock, norm_groups
@@ -71,13 +72,16 @@ class UNetDenoiser(nn.Module):
     blocks whose output is kept as a skip; a middle block; then nearest x2 upsampling, a
     convolution, the skip added, and the same number of blocks per level. Constant width.
 
-    Shape: x: (B, C, H, W) or (B, T, D); emb: (B, H_emb); output like x.
+    Shape: x: (B, C, H, W) or (B, T, D); emb: (B, H_emb); output (B, out_factor * C, H, W)
+    or (B, out_factor * T, D), the factors' blocks one after another along dim 1 (like x with
+    the default ``out_factor=1``), as :class:`MLPDenoiser`'s.
     """
 
     def __init__(self, target_shape: tuple[int, ...], channels: int, emb_dim: int,
                  num_blocks: int, levels: int, out_factor: int = 1, **dd: Any) -> None:
         super().__init__()
         self.image = len(target_shape) == 3
+        self.out_factor = out_factor
         sd = 2 if self.image else 1
         in_ch = target_shape[0] if self.image else target_shape[1]
         conv = nn.Conv2d if sd == 2 else nn.Conv1d
@@ -126,5 +130,10 @@ class UNetDenoiser(nn.Module):
         shift, scale = self.out_mod(nn.functional.silu(emb)).chunk(2, dim=-1)  # (B, ch) each
         shape = shift.shape + (1,) * (h.dim() - 2)
         h = self.out_norm(h) * (1 + scale.reshape(shape)) + shift.reshape(shape)
-        out = self.out(nn.functional.silu(h))
-        return out if self.image else out.transpose(1, 2)  # (B, T, D) for sequences
+        out = self.out(nn.functional.silu(h))  # (B, f C, H, W) or (B, f D, T)
+        if self.image:
+            return out
+        out = out.transpose(1, 2)  # (B, T, f D)
+        if self.out_factor == 1:
+            return out
+        return torch.cat(out.chunk(self.out_factor, dim=-1), dim=1)  # (B, f T, D)

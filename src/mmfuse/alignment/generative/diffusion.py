@@ -246,9 +246,7 @@ class DiffusionHead(nn.Module):
     def _denoise(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         temb = timestep_embedding(t, self.hidden_dim).to(x.dtype)  # (B, H)
         emb = self.time_mlp(temb) + self.cond_proj(cond)  # (B, H)
-        out = self.net(x, emb)  # (B, *output_shape); a UNet over sequences: (B, T, 2 D)
-        if self.learn_variance and self.backbone == "unet" and len(self.target_shape) == 2:
-            out = torch.cat(out.chunk(2, dim=-1), dim=1)  # (B, 2 T, D)
+        out = self.net(x, emb)  # (B, *output_shape)
         check_target(out, self.output_shape, owner=self, arg="denoiser output",
                      batch=x.shape[0])
         return out
